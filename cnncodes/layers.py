@@ -1,0 +1,172 @@
+"""Layers: list a model's tap points, resolve a user's layer spec, pool maps to codes.
+
+FX node names are canonical. An integer is a Python index into the model's eval node list
+(``-1`` the logits, ``-2`` the penultimate code, lower numbers earlier layers). A spec is
+resolved once, to a node name, and that name is what the code store records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .backbones import Backbone
+from .errors import CnnCodesError
+
+__all__ = [
+    "POOLINGS",
+    "LayerInfo",
+    "CodeExtractor",
+    "list_layers",
+    "node_names",
+    "pool_codes",
+    "resolve_layer",
+    "resolve_layers",
+]
+
+POOLINGS = ("avg", "max", "avgmax", "none")
+LARGE_CODE_DIM = 100_000
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One tap point: its index in the eval node list, FX name and output shape."""
+
+    index: int
+    name: str
+    shape: tuple[int, ...] | None
+
+
+def node_names(backbone: Backbone) -> list[str]:
+    """The eval-mode FX node names of the backbone, in graph order."""
+    return _fx(backbone).get_graph_node_names(backbone.model)[1]
+
+
+def _fx(backbone: Backbone):  # noqa: ANN202 - a module
+    # timm's wrappers register its leaf modules (same-padding convs, ...) with torch.fx;
+    # torchvision's work for torchvision models.
+    if backbone.family == "timm":
+        from timm.models import _features_fx
+
+        return _features_fx
+    from torchvision.models import feature_extraction
+
+    return feature_extraction
+
+
+def resolve_layer(backbone: Backbone, spec: int | str, names: Sequence[str] | None = None) -> str:
+    """Turn ``-2``, ``"-2"`` or ``"layer4"`` into the FX node name it denotes.
+
+    Raises:
+        CnnCodesError: index out of range or unknown name, with the valid range.
+    """
+    names = list(names) if names is not None else node_names(backbone)
+    text = str(spec).strip()
+    try:
+        index = int(text)
+    except ValueError:
+        index = None
+    if index is not None:
+        if not -len(names) <= index < len(names):
+            raise CnnCodesError(
+                f"Layer {index} is out of range for {backbone.name} (valid "
+                f"{-len(names)}..{len(names) - 1}); run 'cnncodes layers {backbone.name}'."
+            )
+        return names[index]
+    if text in names:
+        return text
+    # A container module (``layer4``, ``features``, ``blocks.5``): its output is the last
+    # node inside it, which is what users mean by "the output of layer4".
+    inside = [n for n in names if n.startswith(text + ".")]
+    if inside:
+        return inside[-1]
+    close = [n for n in names if n.startswith(text)][:4]
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise CnnCodesError(
+        f"Layer {text!r} is not a node of {backbone.name}{hint}; give a node name or an index "
+        f"in {-len(names)}..{len(names) - 1}; run 'cnncodes layers {backbone.name}'."
+    )
+
+
+def resolve_layers(backbone: Backbone, specs: Sequence[int | str]) -> list[str]:
+    """Resolve several specs, keeping order and dropping repeats of the same node."""
+    if not specs:
+        raise CnnCodesError("No layer given; pass at least one, e.g. --layer -2.")
+    names = node_names(backbone)
+    resolved: list[str] = []
+    for spec in specs:
+        name = resolve_layer(backbone, spec, names)
+        if name not in resolved:
+            resolved.append(name)
+    return resolved
+
+
+def pool_codes(tensor: torch.Tensor, pool: str) -> torch.Tensor:
+    """Reduce a batch of activations to one vector per image.
+
+    ``[N, C, H, W]`` maps are pooled over space; ``[N, T, C]`` token sequences over tokens;
+    ``[N, D]`` vectors are returned as they are. ``none`` flattens everything.
+    """
+    if pool not in POOLINGS:
+        raise CnnCodesError(f"Pooling {pool!r} is not one of {', '.join(POOLINGS)}.")
+    if tensor.ndim <= 2:
+        return tensor.reshape(tensor.shape[0], -1)
+    if pool == "none":
+        return tensor.flatten(1)
+    dims = tuple(range(2, tensor.ndim)) if tensor.ndim == 4 else (1,)
+    if pool == "avg":
+        return tensor.mean(dim=dims)
+    if pool == "max":
+        return tensor.amax(dim=dims)
+    return torch.cat([tensor.mean(dim=dims), tensor.amax(dim=dims)], dim=1)
+
+
+class CodeExtractor(nn.Module):
+    """One forward pass -> pooled codes of several layers, as ``{node name: [N, D]}``."""
+
+    def __init__(self, backbone: Backbone, layers: Sequence[str], pool: str = "avg") -> None:
+        super().__init__()
+        if pool not in POOLINGS:
+            raise CnnCodesError(f"Pooling {pool!r} is not one of {', '.join(POOLINGS)}.")
+        self.layers = list(layers)
+        self.pool = pool
+        self.body = _fx(backbone).create_feature_extractor(
+            backbone.model, return_nodes={name: name for name in self.layers}
+        ).eval()
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = self.body(images)
+        return {name: pool_codes(outputs[name], self.pool) for name in self.layers}
+
+
+def list_layers(backbone: Backbone, *, with_shapes: bool = True) -> list[LayerInfo]:
+    """Every eval node with its index and (optionally) output shape for one image."""
+    names = node_names(backbone)
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    if with_shapes:
+        body = _fx(backbone).create_feature_extractor(
+            backbone.model, return_nodes={n: n for n in names}
+        ).eval()
+        size = backbone.input_size
+        with torch.inference_mode():
+            outputs = body(torch.zeros(1, 3, size, size))
+        for name in names:
+            value = outputs.get(name)
+            shapes[name] = tuple(value.shape[1:]) if isinstance(value, torch.Tensor) else None
+    return [LayerInfo(i, name, shapes.get(name)) for i, name in enumerate(names)]
+
+
+def code_dim(shape: tuple[int, ...] | None, pool: str) -> int | None:
+    """Length of the code a layer of ``shape`` gives under ``pool``."""
+    if shape is None:
+        return None
+    if len(shape) <= 1 or pool == "none":
+        dim = 1
+        for size in shape:
+            dim *= size
+        return dim
+    channels = shape[0] if len(shape) == 3 else shape[-1]
+    return channels * (2 if pool == "avgmax" else 1)

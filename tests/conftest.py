@@ -1,0 +1,73 @@
+"""Shared fixtures: real data from ../shared/data, tiny synthetic images, a CliRunner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CNNCODES_SHARED_DATA", ROOT.parent / "shared" / "data"))
+HYMENOPTERA = SHARED_DATA / "hymenoptera_data"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA; none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def hymenoptera() -> Path:
+    """The real ants-vs-bees ImageFolder (train/val), 397 JPEGs + one GIF placeholder."""
+    if not HYMENOPTERA.is_dir():
+        pytest.skip(f"real data not found at {HYMENOPTERA} (set CNNCODES_SHARED_DATA)")
+    return HYMENOPTERA
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Path:
+    if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    return FASHION_MNIST
+
+
+@pytest.fixture(scope="session")
+def hymenoptera_store(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real Lite0 codes (layers -2 and -5) of every hymenoptera image, extracted once."""
+    from cnncodes import extract
+
+    out = tmp_path_factory.mktemp("stores") / "hymenoptera.h5"
+    result = extract(source=str(hymenoptera), layers=("-2", "-5"), out=str(out), progress=False)
+    return result.path
+
+
+def write_image_folder(root: Path, *, classes=("cats", "dogs"), per_class=4, split=None, size=40) -> Path:
+    """A tiny ImageFolder of random RGB JPEGs (optionally under a split folder)."""
+    rng = np.random.default_rng(0)
+    base = root / split if split else root
+    for name in classes:
+        (base / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, size=(size, size + 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(base / name / f"{name}_{i}.jpg")
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "tiny")
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
