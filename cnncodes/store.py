@@ -20,6 +20,7 @@ resumes from them; a finished store is never left half-overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -216,10 +217,8 @@ class CodeStore:
         out: dict[str, Any] = {}
         for key, value in self._file.attrs.items():
             if isinstance(value, str) and value[:1] in "[{":
-                try:
+                with contextlib.suppress(json.JSONDecodeError):
                     value = json.loads(value)
-                except json.JSONDecodeError:
-                    pass
             out[key] = value.item() if isinstance(value, np.generic) else value
         return out
 
