@@ -169,3 +169,15 @@ def test_cli_layers_and_models(runner) -> None:
     assert "classifier.5" in result.output and "4096" in result.output
     models = runner.invoke(main, ["models"])
     assert "efficientnet_lite0" in models.output and "resnet18" in models.output
+
+
+@pytest.mark.gpu
+def test_cuda_extraction_matches_cpu_codes(tiny_folder: Path, tmp_path: Path) -> None:
+    """Device placement and mixed precision: CUDA codes agree with CPU float32 codes."""
+    cpu = extract(source=str(tiny_folder), out=str(tmp_path / "cpu.h5"), device="cpu", progress=False)
+    gpu = extract(source=str(tiny_folder), out=str(tmp_path / "gpu.h5"), device="cuda", progress=False)
+    with CodeStore(cpu.path) as a, CodeStore(gpu.path) as b:
+        assert b.attrs["device"].startswith("cuda") and b.attrs["precision"] in ("bfloat16", "float16")
+        X, Y = a.codes(), b.codes()
+        cosine = (X * Y).sum(1) / (np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=1))
+        assert cosine.min() > 0.99
