@@ -318,7 +318,8 @@ def _load_timm(name: str, weights: str, is_path: bool) -> Backbone:
             f"{DEFAULT_MODEL!r}."
         ) from None
     sha256 = ""
-    weights_id = "none" if not pretrained else f"timm:{model.pretrained_cfg.get('tag', '')}"
+    tag = dict(getattr(model, "pretrained_cfg", None) or {}).get("tag", "")
+    weights_id = f"timm:{tag}" if pretrained else "none"
     if is_path:
         _load_state(model, _read_checkpoint(weights), name, weights)
         weights_id, sha256 = f"file:{Path(weights).resolve()}", file_sha256(weights)

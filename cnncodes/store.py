@@ -143,11 +143,12 @@ def assemble_store(
                     [r.decode() if isinstance(r, bytes) else r for r in part["skipped_reasons"][:]],
                 )
                 row += count
-        store["labels"] = np.array([items[p].label for p in positions], dtype=np.int64)
+        order: list[int] = positions.tolist()
+        store["labels"] = np.array([items[p].label for p in order], dtype=np.int64)
         store.create_dataset("classes", data=_strings(classes), dtype=STRING)
-        store.create_dataset("paths", data=_strings(items[p].path for p in positions), dtype=STRING)
+        store.create_dataset("paths", data=_strings(items[p].path for p in order), dtype=STRING)
         if has_split:
-            store.create_dataset("split", data=_strings(items[p].split for p in positions), dtype=STRING)
+            store.create_dataset("split", data=_strings(items[p].split for p in order), dtype=STRING)
         store.create_dataset("skipped/path", data=_strings(items[p].path for p, _ in skipped), dtype=STRING)
         store.create_dataset("skipped/reason", data=_strings(r for _, r in skipped), dtype=STRING)
         for key, value in attrs.items():
