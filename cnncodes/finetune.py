@@ -1,0 +1,532 @@
+"""Strategies 3 and 4: fine-tune a pretrained backbone in PyTorch.
+
+Strategy 3 freezes every pretrained layer and trains a new classifier head from the
+pretrained starting point (``replace_fc=2`` rebuilds the last two FC layers, the AlexNet
+exercise). Strategy 4 also fine-tunes the later layers (``unfreeze_from``), puts a small
+MLP head on top, gives earlier layer groups lower learning rates, and can unfreeze them
+one group per epoch. A run folder holds ``model.pt`` (best epoch), ``metrics.csv``,
+``finetune.json`` and ``curves.png``; :func:`load_run` and :func:`predict_run` read it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .backbones import DEFAULT_MODEL, load_backbone
+from .errors import CnnCodesError
+from .extract import default_cache_dir, resolve_device
+from .layers import node_names
+from .sources import ImageDataset, ImageSource, collate_items, open_source
+from .surgery import HEAD_GROUP, install_head, layer_groups, unfrozen_groups
+from .trainer import (
+    EpochRecord,
+    ImageBank,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    head_features,
+    plot_curves,
+    set_train_mode,
+    split_positions,
+    train_epoch,
+    train_transform,
+    transform_from_spec,
+    transform_spec,
+    write_metrics,
+)
+
+__all__ = [
+    "FINETUNE_FILE",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "finetune",
+    "load_run",
+    "parse_head",
+    "predict_run",
+]
+
+FINETUNE_FILE = "finetune.json"
+CHECKPOINT_FILE = "model.pt"
+STRATEGIES = (3, 4)
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "onecycle", "constant")
+DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
+DEFAULT_HEAD = {3: (), 4: (256,)}
+
+
+def parse_head(text: str | None) -> tuple[int, ...] | None:
+    """``"512,256"`` -> ``(512, 256)``; ``""``/``"none"`` -> ``()``; ``None`` -> ``None``."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("", "none", "linear"):
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise CnnCodesError(
+            f"--head {text!r} is not a comma-separated list of layer sizes; give e.g. "
+            "--head 512,256 (or --head none for a single linear layer)."
+        ) from None
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """What :func:`finetune` trains, how, and where the run goes.
+
+    Attributes:
+        source: image folder, CSV manifest or idx folder (see :func:`open_source`). Its
+            ``val`` split is used for early stopping; without one, ``val_fraction`` of the
+            training images is held out (stratified, seeded).
+        strategy: 3 (frozen body, new head) or 4 (later layers fine-tuned, MLP head).
+        model, weights: the backbone, as for ``cnncodes extract``.
+        unfreeze_from: strategy 4: the first node that trains (node name, index into the
+            eval node list, or a container module such as ``layer4``/``blocks.5``, whose
+            first node is meant). None: the last two layer groups.
+        head: hidden sizes of the MLP head; ``()`` a single linear layer; None the
+            strategy's default (3: linear, 4: one hidden layer of 256).
+        replace_fc: how many of the last linear layers to rebuild (AlexNet: 2 or 3).
+        dropout: dropout between the hidden layers of the head.
+        epochs: most epochs to train (early stopping may end sooner).
+        batch_size: images per step.
+        lr: learning rate of the head; default 1e-3 (AdamW) or 1e-2 (SGD).
+        lr_decay: each layer group below the head gets ``lr_decay`` times the rate of the
+            group above it (discriminative learning rates).
+        optimizer: ``adamw`` or ``sgd`` (Nesterov momentum 0.9).
+        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
+        schedule: ``cosine`` (warm-up then cosine decay), ``onecycle`` or ``constant``.
+        augment: random resized crop + horizontal flip for training images.
+        patience: stop after this many epochs without a better val accuracy (0: never).
+        progressive: strategy 4: train the head alone first, then unfreeze one more layer
+            group (from the top) at the start of each epoch.
+        freeze_bn: keep the BatchNorm statistics of trainable layers as pretrained.
+        val_fraction: share of the training images held out when the source has no val.
+        limit: first N images of each split only (quick experiments).
+        out: run folder; default ``<cache>/runs/<source>-<model>-strategy<N>-<time>``.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
+        amp: mixed precision; default on for CUDA.
+        seed: makes CPU runs repeatable (initialisation, shuffling, augmentation).
+        progress: show progress bars.
+    """
+
+    source: str
+    strategy: int = 3
+    model: str = DEFAULT_MODEL
+    weights: str = "DEFAULT"
+    unfreeze_from: str | None = None
+    head: tuple[int, ...] | None = None
+    replace_fc: int = 1
+    dropout: float = 0.2
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float | None = None
+    lr_decay: float = 0.3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    schedule: str = "cosine"
+    augment: bool = True
+    patience: int = 3
+    progressive: bool = False
+    freeze_bn: bool = True
+    val_fraction: float = 0.2
+    limit: int | None = None
+    out: str | None = None
+    device: str = "auto"
+    amp: bool | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise CnnCodesError(
+                f"strategy must be 3 (frozen body, new head) or 4 (fine-tune later layers); "
+                f"got {self.strategy!r}. Strategies 1 and 2 are 'cnncodes fit' on codes."
+            )
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise CnnCodesError(f"--epochs must be at least 1; got {self.epochs!r}.")
+        if self.head is not None and any(not isinstance(s, int) or s < 1 for s in self.head):
+            raise CnnCodesError(
+                f"--head sizes must be positive integers, e.g. 512,256; got "
+                f"{','.join(map(str, self.head))!r}."
+            )
+        if self.strategy == 3 and (self.unfreeze_from is not None or self.progressive):
+            raise CnnCodesError(
+                "--unfreeze-from and --progressive apply to strategy 4; strategy 3 keeps "
+                "every pretrained layer frozen. Use --strategy 4."
+            )
+        if not isinstance(self.replace_fc, int) or self.replace_fc < 1:
+            raise CnnCodesError(f"--replace-fc must be 1 or more; got {self.replace_fc!r}.")
+        if self.batch_size < 1:
+            raise CnnCodesError(f"--batch-size must be at least 1; got {self.batch_size!r}.")
+        if self.lr is not None and not self.lr > 0:
+            raise CnnCodesError(f"--lr must be a positive number; got {self.lr!r}.")
+        if not 0 < self.lr_decay <= 1:
+            raise CnnCodesError(f"--lr-decay must be in (0, 1]; got {self.lr_decay!r}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise CnnCodesError(
+                f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}."
+            )
+        if self.schedule not in SCHEDULES:
+            raise CnnCodesError(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}.")
+        if not 0 <= self.dropout < 1:
+            raise CnnCodesError(f"--dropout must be in [0, 1); got {self.dropout!r}.")
+        if self.patience < 0:
+            raise CnnCodesError(f"--patience must be 0 (off) or more; got {self.patience!r}.")
+        if not 0 < self.val_fraction < 1:
+            raise CnnCodesError(f"val_fraction must be in (0, 1); got {self.val_fraction!r}.")
+
+    @property
+    def head_sizes(self) -> tuple[int, ...]:
+        return DEFAULT_HEAD[self.strategy] if self.head is None else tuple(self.head)
+
+    @property
+    def head_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` did.
+
+    Attributes:
+        run_dir: the run folder.
+        strategy: 3 or 4.
+        trained: what was trained, in words (``head Linear(1280->2)``, ``blocks.5.. + head``).
+        trainable_params, total_params: parameter counts of the final model.
+        groups: per layer group: name, learning rate, trainable parameter count.
+        history: one :class:`EpochRecord` per epoch run.
+        best_epoch: the epoch whose weights were kept (1-based).
+        val_accuracy, val_loss, train_accuracy: at the best epoch.
+        test_accuracy: on the test split with the best weights, None without one.
+        seconds: wall time of the whole run (decoding, training, evaluation).
+        skipped: (path, reason) of images that could not be used.
+    """
+
+    run_dir: Path
+    strategy: int
+    trained: str
+    trainable_params: int
+    total_params: int
+    groups: list[dict[str, Any]]
+    history: list[EpochRecord]
+    best_epoch: int
+    val_accuracy: float
+    val_loss: float
+    train_accuracy: float
+    test_accuracy: float | None
+    seconds: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def curves_path(self) -> Path:
+        return self.run_dir / "curves.png"
+
+
+def _seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _run_dir(config: FinetuneConfig, source: ImageSource) -> Path:
+    if config.out:
+        return Path(config.out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{source.name}-{config.model.replace(':', '_')}-strategy{config.strategy}-{stamp}"
+    return default_cache_dir() / "runs" / name
+
+
+def _describe(model: nn.Module, head_path: str, trainable_groups: list[str], start: str) -> str:
+    head = model.get_submodule(head_path)
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    shape = "->".join([str(linears[0].in_features)] + [str(m.out_features) for m in linears])
+    body = f"{start}.. ({', '.join(trainable_groups)}) + " if trainable_groups else ""
+    return f"{body}head MLP {shape}" if len(linears) > 1 else f"{body}head Linear {shape}"
+
+
+def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> FinetuneResult:
+    """Fine-tune a pretrained backbone on ``config.source`` with strategy 3 or 4.
+
+    Call as ``finetune(FinetuneConfig(...))`` or ``finetune(source=..., strategy=4, ...)``.
+
+    Raises:
+        CnnCodesError: bad options, an unknown ``unfreeze_from`` layer, a source without
+            labelled images, a model without a linear classifier.
+    """
+    if config is None:
+        config = FinetuneConfig(**options)
+    elif options:
+        raise TypeError("Pass either a FinetuneConfig or keyword options, not both.")
+    started = time.perf_counter()
+    generator = _seed_everything(config.seed)
+    source = open_source(config.source, limit=config.limit)
+    splits = split_positions(source, config.val_fraction, config.seed)
+    backbone = load_backbone(config.model, config.weights)
+    names = node_names(backbone)
+    model = backbone.model
+    head_path = install_head(
+        model, len(source.classes), hidden=config.head_sizes, replace_fc=config.replace_fc,
+        dropout=config.dropout,
+    )
+    groups = layer_groups(model, head_path, names)
+    if config.strategy == 4:
+        body_trainable, start = unfrozen_groups(backbone, groups, config.unfreeze_from, names)
+    else:
+        body_trainable, start = {}, "(head only)"
+    # Unfreezing order for progressive training: the group nearest the head first.
+    order = [g.name for g in reversed(groups[:-1]) if g.name in body_trainable]
+    params = dict(model.named_parameters())
+    learning_rates = {HEAD_GROUP: config.head_lr}
+    for depth, name in enumerate(order, start=1):
+        learning_rates[name] = config.head_lr * config.lr_decay**depth
+    trainable_by_group = {HEAD_GROUP: groups[-1].params, **body_trainable}
+
+    device = resolve_device(config.device)
+    amp = device.type == "cuda" if config.amp is None else config.amp
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    optimizer = build_optimizer(
+        [([params[p] for p in trainable_by_group[g]], learning_rates[g])
+         for g in [*reversed(order), HEAD_GROUP]],
+        name=config.optimizer, weight_decay=config.weight_decay,
+    )
+
+    run_dir = _run_dir(config, source)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    eval_transform = backbone.transform
+    # Training images are augmented anyway: keep them at the resize size. Val and test
+    # images stay as decoded, so that accuracy here is accuracy at prediction time.
+    banks = {
+        "train": ImageBank(source, splits["train"], int(eval_transform.resize_size[0]),
+                           progress=config.progress, desc="decode train"),
+        "val": ImageBank(source, splits["val"], None, progress=config.progress, desc="decode val"),
+        "test": ImageBank(source, splits["test"], None, progress=config.progress,
+                          desc="decode test"),
+    }
+    kept = {p for bank in banks.values() for p in bank.positions}
+    skipped = [entry for bank in banks.values() for entry in bank.skipped]
+
+    def loader(split: str, transform: Any, shuffle: bool) -> torch.utils.data.DataLoader:
+        dataset = banks[split].dataset(splits[split], transform)
+        n = len(dataset)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size if shuffle else 64,
+            shuffle=shuffle, generator=generator if shuffle else None,
+            drop_last=shuffle and n > config.batch_size and n % config.batch_size == 1,
+        )
+
+    train_loader = loader("train", train_transform(eval_transform, augment=config.augment), True)
+    val_loader = loader("val", eval_transform, False)
+    head = model.get_submodule(head_path)
+    body_frozen = not order
+    val_batches: Any = val_loader
+    if body_frozen:  # the body never changes: its val features are computed once
+        val_batches = head_features(model, head, val_loader, device=device, amp=amp)
+    train_model, train_batches = model, train_loader
+    if body_frozen and not config.augment:  # nor do its train features without augmentation
+        features = head_features(model, head, train_loader, device=device, amp=amp)
+        dataset = torch.utils.data.TensorDataset(
+            torch.cat([f for f, _ in features]).cpu(), torch.cat([y for _, y in features]).cpu()
+        )
+        train_model = head
+        train_batches = torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size, shuffle=True, generator=generator
+        )
+
+    steps = config.epochs * len(train_batches)
+    scheduler = build_scheduler(optimizer, name=config.schedule, total_steps=steps)
+    scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
+    history: list[EpochRecord] = []
+    best: tuple[float, float] = (-1.0, float("inf"))
+    best_epoch, waited = 0, 0
+    checkpoint = run_dir / CHECKPOINT_FILE
+    bar = tqdm(total=steps, unit="step", disable=not config.progress, dynamic_ncols=True)
+    with bar:
+        for epoch in range(1, config.epochs + 1):
+            epoch_started = time.perf_counter()
+            unfrozen = order[: epoch - 1] if config.progressive else order
+            active = set(trainable_by_group[HEAD_GROUP])
+            for name in unfrozen:
+                active.update(trainable_by_group[name])
+            for name, parameter in params.items():
+                parameter.requires_grad_(name in active)
+            set_train_mode(model, active, freeze_bn=config.freeze_bn)
+            bar.set_description(f"strategy {config.strategy} epoch {epoch}/{config.epochs}")
+            train_loss, train_accuracy = train_epoch(
+                train_model, train_batches, optimizer, scheduler, device=device, amp=amp,
+                scaler=scaler, bar=bar,
+            )
+            val_loss, val_accuracy, _ = evaluate(
+                model, val_batches, device=device, amp=amp, head=head if body_frozen else None
+            )
+            record = EpochRecord(
+                epoch, optimizer.param_groups[-1]["lr"], train_loss, train_accuracy, val_loss,
+                val_accuracy, time.perf_counter() - epoch_started,
+                "+".join([*reversed(unfrozen), HEAD_GROUP]),
+            )
+            history.append(record)
+            write_metrics(run_dir / "metrics.csv", history)
+            bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_accuracy:.3f}",
+                            val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.3f}")
+            if (val_accuracy, -val_loss) > (best[0], -best[1]):
+                best, best_epoch, waited = (val_accuracy, val_loss), epoch, 0
+                _save(model, checkpoint)
+            else:
+                waited += 1
+                if config.patience and waited >= config.patience:
+                    break
+
+    model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    model.eval()
+    test_accuracy = None
+    if splits["test"]:
+        _, test_accuracy, _ = evaluate(
+            model, loader("test", eval_transform, False), device=device, amp=amp
+        )
+    trainable = [g for g in order if g in body_trainable]
+    counts = {g: sum(params[p].numel() for p in trainable_by_group[g]) for g in trainable_by_group}
+    group_rows = [
+        {"group": g.name, "lr": learning_rates.get(g.name, 0.0),
+         "trainable_params": counts.get(g.name, 0),
+         "total_params": sum(params[p].numel() for p in g.params)}
+        for g in groups
+    ]
+    best_record = history[best_epoch - 1]
+    result = FinetuneResult(
+        run_dir=run_dir, strategy=config.strategy,
+        trained=_describe(model, head_path, list(reversed(trainable)), start),
+        trainable_params=sum(counts.values()),
+        total_params=sum(p.numel() for p in model.parameters()),
+        groups=group_rows, history=history, best_epoch=best_epoch,
+        val_accuracy=best_record.val_accuracy, val_loss=best_record.val_loss,
+        train_accuracy=best_record.train_accuracy, test_accuracy=test_accuracy,
+        seconds=time.perf_counter() - started, skipped=skipped,
+    )
+    plot_curves({f"strategy {config.strategy}": history}, result.curves_path,
+                title=f"{backbone.name} on {source.name}: {result.trained}")
+    _write_json(run_dir / FINETUNE_FILE, {
+        "format": "cnncodes-finetune",
+        "cnncodes_version": __version__,
+        "torch_version": torch.__version__,
+        "config": asdict(config),
+        "model": backbone.name,
+        "weights": backbone.weights,
+        "weights_sha256": backbone.weights_sha256,
+        "classes": source.classes,
+        "transform": transform_spec(eval_transform),
+        "head": {"path": head_path, "hidden": list(config.head_sizes),
+                 "replace_fc": config.replace_fc, "dropout": config.dropout},
+        "unfreeze_from_node": start,
+        "groups": group_rows,
+        "device": str(device),
+        "amp": amp,
+        "result": {
+            "trained": result.trained, "trainable_params": result.trainable_params,
+            "total_params": result.total_params, "best_epoch": best_epoch,
+            "epochs_run": len(history), "val_accuracy": result.val_accuracy,
+            "val_loss": result.val_loss, "train_accuracy": result.train_accuracy,
+            "test_accuracy": test_accuracy, "seconds": round(result.seconds, 2),
+            "n_train": len([p for p in splits["train"] if p in kept]),
+            "n_val": len([p for p in splits["val"] if p in kept]),
+            "n_test": len([p for p in splits["test"] if p in kept]),
+        },
+        "skipped": [list(s) for s in skipped],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    return result
+
+
+def _save(model: nn.Module, path: Path) -> None:
+    partial = path.with_name(path.name + ".partial")
+    torch.save(model.state_dict(), partial)
+    os.replace(partial, path)  # a killed run never leaves half a checkpoint
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, Any, list[str], dict[str, Any]]:
+    """Rebuild a fine-tuned model from its run folder.
+
+    Returns:
+        ``(model in eval mode on the CPU, eval transform, class names, finetune.json)``.
+
+    Raises:
+        CnnCodesError: the folder is not a fine-tuning run or its checkpoint is missing.
+    """
+    run = Path(run_dir)
+    meta_path, checkpoint = run / FINETUNE_FILE, run / CHECKPOINT_FILE
+    if not meta_path.is_file() or not checkpoint.is_file():
+        raise CnnCodesError(
+            f"{str(run)!r} is not a fine-tuning run (needs {FINETUNE_FILE} and "
+            f"{CHECKPOINT_FILE}); make one with 'cnncodes finetune SOURCE'."
+        )
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    backbone = load_backbone(meta["model"], "none")  # the checkpoint holds every weight
+    head = meta["head"]
+    install_head(backbone.model, len(meta["classes"]), hidden=head["hidden"],
+                 replace_fc=head["replace_fc"], dropout=head["dropout"])
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    backbone.model.load_state_dict(state)
+    return backbone.model.eval(), transform_from_spec(meta["transform"]), meta["classes"], meta
+
+
+@torch.no_grad()
+def predict_run(
+    run_dir: str | os.PathLike[str], source: str | os.PathLike[str] | ImageSource,
+    *, batch_size: int = 32, device: str = "auto", progress: bool = False,
+) -> pd.DataFrame:
+    """Classify every image of ``source`` with a fine-tuned run.
+
+    Returns:
+        One row per image: ``path``, ``label`` ("" when unknown), ``split`` (when the
+        source has one), ``predicted``, ``proba_<class>`` per class. Unreadable images are
+        listed in ``frame.attrs["skipped"]`` as (path, reason).
+    """
+    model, transform, classes, _ = load_run(run_dir)
+    if not isinstance(source, ImageSource):
+        source = open_source(source)
+    target = resolve_device(device)
+    model.to(target)
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(source, range(len(source.items)), transform), batch_size=batch_size,
+        collate_fn=collate_items, num_workers=0,
+    )
+    rows: list[dict[str, Any]] = []
+    skipped: list[tuple[str, str]] = []
+    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
+        skipped += [(source.items[p].path, reason) for p, reason in batch["skipped"]]
+        if batch["images"] is None:
+            continue
+        probabilities = model(batch["images"].to(target)).float().softmax(1).cpu().numpy()
+        for position, row in zip(batch["positions"], probabilities, strict=True):
+            item = source.items[position]
+            label = source.classes[item.label] if 0 <= item.label < len(source.classes) else ""
+            entry: dict[str, Any] = {"path": item.path, "label": label}
+            if source.has_split:
+                entry["split"] = item.split
+            entry["predicted"] = classes[int(row.argmax())]
+            entry.update({f"proba_{name}": float(p) for name, p in zip(classes, row, strict=True)})
+            rows.append(entry)
+    frame = pd.DataFrame(rows)
+    frame.attrs["skipped"] = skipped
+    return frame
