@@ -1,0 +1,492 @@
+"""Seeing inside the network: saliency, Grad-CAM, activation grids and first-layer filters.
+
+The computations take a :class:`~cnncodes.backbones.Backbone` (or a fine-tuned run loaded
+as one) and a preprocessed image tensor and return plain arrays; :func:`explain` ties them
+to image files and writes one titled PNG per image (see :mod:`cnncodes.figures`).
+
+- Saliency follows Simonyan, Vedaldi & Zisserman (2014): the gradient of the unnormalised
+  class score (the logit, not the softmax) with respect to the input pixels, its absolute
+  value, and the maximum over the colour channels.
+- Grad-CAM (Selvaraju et al. 2017): channel weights are the spatially averaged gradients of
+  the class score with respect to a conv layer's maps; the map is the ReLU of their weighted
+  sum, upsampled to the input size.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from .backbones import DEFAULT_MODEL, Backbone, load_backbone
+from .errors import CnnCodesError
+from .layers import _fx, node_names, resolve_layer
+
+__all__ = [
+    "EXPLAIN_KINDS",
+    "Attribution",
+    "ExplainConfig",
+    "activation_maps",
+    "backbone_from_run",
+    "explain",
+    "first_conv_filters",
+    "gradcam",
+    "last_spatial_layer",
+    "load_image",
+    "preprocess",
+    "resolve_target",
+    "saliency",
+]
+
+EXPLAIN_KINDS = ("saliency", "gradcam", "activations", "filters")
+
+
+@dataclass
+class Attribution:
+    """A map over the input image for one class.
+
+    Attributes:
+        map: ``[H, W]`` float array at the network's input resolution.
+        target: class index the map explains.
+        score: the unnormalised class score (logit) for ``target``.
+        probability: softmax probability of ``target``.
+        predicted: the arg-max class index.
+        layer: the FX node the map was taken at (Grad-CAM), ``""`` for saliency.
+    """
+
+    map: np.ndarray
+    target: int
+    score: float
+    probability: float
+    predicted: int
+    layer: str = ""
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode an image file to RGB.
+
+    Raises:
+        CnnCodesError: the file does not exist or is not an image PIL can decode.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CnnCodesError(
+            f"Image {str(path)!r} does not exist or is not a file; give the path of a "
+            "JPEG/PNG/... image."
+        )
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        reason = (str(error).split("\n")[0] or error.__class__.__name__).replace(str(path), "")
+        raise CnnCodesError(
+            f"Image {str(path)!r} cannot be read ({reason.strip(' :')}); give a JPEG, PNG, "
+            "GIF, BMP or other file that PIL can decode."
+        ) from None
+
+
+def preprocess(backbone: Backbone, image: Image.Image) -> torch.Tensor:
+    """The network input for ``image``: ``[1, 3, H, W]``, with the weights' own transform."""
+    return backbone.transform(image).unsqueeze(0)
+
+
+def backbone_from_run(run: str | os.PathLike[str]) -> Backbone:
+    """Wrap a fine-tuned run (from ``cnncodes finetune``) so that the explainers can use it.
+
+    Its classes become the categories, so that targets are the run's own classes.
+
+    Raises:
+        CnnCodesError: the run folder cannot be loaded.
+    """
+    try:
+        from .finetune import load_run
+    except ImportError:  # pragma: no cover - finetune ships with the package
+        raise CnnCodesError(
+            "--run needs cnncodes.finetune, which this installation lacks; reinstall cnncodes."
+        ) from None
+    model, transform, classes, config = load_run(run)
+    timm_modules = any(type(m).__module__.startswith("timm") for m in model.modules())
+    return Backbone(
+        name=str(config.get("model", Path(run).name)), model=model.eval(), transform=transform,
+        weights=f"run:{Path(run).resolve()}", weights_sha256="",
+        family="timm" if timm_modules else "torchvision", categories=list(classes),
+    )
+
+
+def resolve_target(
+    target: int | str | None, logits: torch.Tensor, categories: Sequence[str]
+) -> int:
+    """Class index to explain: the prediction when ``target`` is None, else an index or name.
+
+    Names match case-insensitively, first exactly, then as a unique part of a class name
+    (ImageNet names such as ``"tiger cat"``).
+
+    Raises:
+        CnnCodesError: the index is out of range or the name matches no class or several.
+    """
+    n_classes = int(logits.shape[-1])
+    if target is None:
+        return int(logits.reshape(-1, n_classes)[0].argmax())
+    text = str(target).strip()
+    try:
+        index = int(text)
+    except ValueError:
+        index = None
+    if index is not None:
+        if not 0 <= index < n_classes:
+            raise CnnCodesError(
+                f"Target class {index} is out of range; the model has {n_classes} classes "
+                f"(0..{n_classes - 1})."
+            )
+        return index
+    if not categories:
+        raise CnnCodesError(
+            f"Target {text!r} is a name, but this model's class names are unknown; give a "
+            f"class index 0..{n_classes - 1}."
+        )
+    lowered = [c.lower() for c in categories]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    partial = [i for i, c in enumerate(lowered) if text.lower() in c]
+    if len(partial) == 1:
+        return partial[0]
+    options = [categories[i] for i in partial[:5]] or difflib.get_close_matches(
+        text, categories, n=5
+    )
+    hint = f" (did you mean {', '.join(repr(o) for o in options)}?)" if options else ""
+    what = "several classes" if len(partial) > 1 else "no class"
+    raise CnnCodesError(
+        f"Target {text!r} matches {what}{hint}; give an exact class name or an index "
+        f"0..{n_classes - 1}."
+    )
+
+
+# --- the maps --------------------------------------------------------------------------------
+
+
+def _scores(logits: torch.Tensor, target: int) -> tuple[float, float, int]:
+    row = logits.detach().reshape(-1, logits.shape[-1])[0].float()
+    return float(row[target]), float(row.softmax(0)[target]), int(row.argmax())
+
+
+def saliency(
+    model: nn.Module,
+    image: torch.Tensor,
+    target: int | str | None = None,
+    categories: Sequence[str] = (),
+) -> Attribution:
+    """Image-specific class saliency (Simonyan et al. 2014).
+
+    Args:
+        model: any classifier mapping ``[1, 3, H, W]`` to logits ``[1, K]`` (eval mode).
+        image: the preprocessed input, ``[3, H, W]`` or ``[1, 3, H, W]``.
+        target: class index or name; default the predicted class.
+        categories: class names, for ``target`` given as a name.
+
+    Returns:
+        The ``[H, W]`` map ``max_c |d score_target / d image[c]|``.
+    """
+    x = image.detach().reshape(1, *image.shape[-3:]).clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        index = resolve_target(target, logits, categories)
+        (gradient,) = torch.autograd.grad(logits.reshape(-1, logits.shape[-1])[0, index], x)
+    score, probability, predicted = _scores(logits, index)
+    heat = gradient[0].abs().amax(dim=0).numpy()
+    return Attribution(heat, index, score, probability, predicted)
+
+
+def _spatial(shape: Sequence[int]) -> bool:
+    return len(shape) == 3 and shape[1] * shape[2] > 1
+
+
+# Tracing a network with FX takes seconds; explaining many images reuses one trace per
+# (model, layer). Weak keys: a model that is dropped frees its traces.
+_TRACES: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _traces(backbone: Backbone) -> dict[Any, Any]:
+    return _TRACES.setdefault(backbone.model, {})
+
+
+def last_spatial_layer(backbone: Backbone) -> str:
+    """The last node whose output is a spatial map: the usual Grad-CAM layer."""
+    cache = _traces(backbone)
+    if "last spatial" not in cache:
+        names = node_names(backbone)
+        body = _fx(backbone).create_feature_extractor(
+            backbone.model, return_nodes={n: n for n in names}
+        ).eval()
+        size = backbone.input_size
+        with torch.inference_mode():
+            outputs = body(torch.zeros(1, 3, size, size))
+        spatial = [
+            n for n in names[1:]
+            if isinstance(outputs.get(n), torch.Tensor) and _spatial(outputs[n].shape[1:])
+        ]
+        if not spatial:
+            raise CnnCodesError(
+                f"{backbone.name} has no layer with a spatial map; Grad-CAM and activation "
+                "grids need a convolutional network."
+            )
+        cache["last spatial"] = spatial[-1]
+    return cache["last spatial"]
+
+
+def _tap(backbone: Backbone, layer: int | str | None) -> tuple[str, nn.Module]:
+    """The layer's node name and an FX module returning ``{"layer", "logits"}``."""
+    cache = _traces(backbone)
+    if "names" not in cache:
+        cache["names"] = node_names(backbone)
+    names = cache["names"]
+    name = last_spatial_layer(backbone) if layer is None else resolve_layer(backbone, layer, names)
+    if ("tap", name) not in cache:
+        # The logits node itself (a layer without a map, refused later) is asked for once.
+        nodes = {name: "layer", names[-1]: "logits"} if name != names[-1] else {name: "logits"}
+        cache["tap", name] = _fx(backbone).create_feature_extractor(
+            backbone.model, return_nodes=nodes
+        ).eval()
+    return name, cache["tap", name]
+
+
+def _layer_and_logits(
+    backbone: Backbone, layer: int | str | None, x: torch.Tensor, purpose: str
+) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """Forward once, returning the layer's output (in the graph) and the logits."""
+    name, body = _tap(backbone, layer)
+    outputs = body(x)
+    activation = outputs.get("layer", outputs["logits"])
+    if not isinstance(activation, torch.Tensor) or not _spatial(activation.shape[1:]):
+        shape = tuple(activation.shape[1:]) if isinstance(activation, torch.Tensor) else None
+        raise CnnCodesError(
+            f"Layer {name!r} of {backbone.name} gives output shape {shape}, not a conv map "
+            f"(C x H x W with H x W > 1); {purpose} needs a conv layer, e.g. "
+            f"{last_spatial_layer(backbone)!r}; run 'cnncodes layers {backbone.name}'."
+        )
+    return name, activation, outputs["logits"]
+
+
+def gradcam(
+    backbone: Backbone,
+    image: torch.Tensor,
+    layer: int | str | None = None,
+    target: int | str | None = None,
+) -> Attribution:
+    """Grad-CAM of a conv layer for one image.
+
+    Args:
+        backbone: the network (any supported family, or a run via :func:`backbone_from_run`).
+        image: the preprocessed input, ``[3, H, W]`` or ``[1, 3, H, W]``.
+        layer: FX node name, index or container (``layer4``); default the last conv map.
+        target: class index or name; default the predicted class.
+
+    Returns:
+        A non-negative ``[H, W]`` map at input resolution, scaled so its maximum is 1
+        (all zeros when no location speaks for the class).
+
+    Raises:
+        CnnCodesError: unknown layer, or a layer without a spatial map (a linear layer, the
+            pooled code, the logits).
+    """
+    # The input requires grad so that the graph exists even when every weight is frozen.
+    x = image.detach().reshape(1, *image.shape[-3:]).clone().requires_grad_(True)
+    with torch.enable_grad():
+        name, activation, logits = _layer_and_logits(backbone, layer, x, "Grad-CAM")
+        index = resolve_target(target, logits, backbone.categories)
+        score_tensor = logits.reshape(-1, logits.shape[-1])[0, index]
+        (gradient,) = torch.autograd.grad(score_tensor, activation)
+    weights = gradient[0].mean(dim=(1, 2))
+    cam = torch.relu((weights[:, None, None] * activation[0].detach()).sum(0))
+    cam = F.interpolate(cam[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+    cam = cam[0, 0].clamp_min(0)
+    peak = float(cam.max())
+    heat = (cam / peak if peak > 0 else cam).numpy()
+    score, probability, predicted = _scores(logits, index)
+    return Attribution(heat, index, score, probability, predicted, name)
+
+
+def activation_maps(
+    backbone: Backbone, image: torch.Tensor, layer: int | str | None = None
+) -> tuple[str, np.ndarray, np.ndarray]:
+    """A layer's feature maps for one image, most active channel first.
+
+    Returns:
+        ``(node name, maps [C, h, w] sorted by mean activation descending, channel indices)``.
+
+    Raises:
+        CnnCodesError: unknown layer or a layer without a spatial map.
+    """
+    x = image.detach().reshape(1, *image.shape[-3:])
+    with torch.inference_mode():
+        name, activation, _ = _layer_and_logits(backbone, layer, x, "an activation grid")
+    maps = activation[0].float().numpy()
+    order = np.argsort(-maps.mean(axis=(1, 2)), kind="stable")
+    return name, maps[order], order
+
+
+def first_conv_filters(backbone: Backbone) -> tuple[str, np.ndarray]:
+    """The first convolution in graph order and its kernels ``[out, in, kh, kw]``.
+
+    Raises:
+        CnnCodesError: the model has no 2-D convolution.
+    """
+    modules = dict(backbone.model.named_modules())
+    for name in node_names(backbone):
+        module = modules.get(name)
+        if isinstance(module, nn.Conv2d):
+            return name, module.weight.detach().float().numpy()
+    for name, module in modules.items():  # convs that tracing hides inside leaf modules
+        if isinstance(module, nn.Conv2d):
+            return name, module.weight.detach().float().numpy()
+    raise CnnCodesError(
+        f"{backbone.name} has no Conv2d layer, so there are no first-layer filters to show."
+    )
+
+
+# --- files in, PNGs out ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """What ``cnncodes explain KIND`` draws.
+
+    Attributes:
+        kind: ``saliency``, ``gradcam``, ``activations`` or ``filters``.
+        images: image files (none for ``filters``).
+        model: backbone name (ignored with ``run``).
+        weights: weights name, ``none`` or a state-dict path.
+        run: a fine-tuned run folder; its model and classes replace ``model``.
+        target: class index or name; default the predicted class.
+        layer: layer for ``gradcam``/``activations``; default the last conv map.
+        out: folder for the PNGs.
+        top: number of channels in an activation grid.
+    """
+
+    kind: str
+    images: tuple[str, ...] = ()
+    model: str = DEFAULT_MODEL
+    weights: str = "DEFAULT"
+    run: str | None = None
+    target: str | None = None
+    layer: str | None = None
+    out: str = "explain"
+    top: int = 32
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXPLAIN_KINDS:
+            raise CnnCodesError(
+                f"Explanation {self.kind!r} is not one of {', '.join(EXPLAIN_KINDS)}."
+            )
+        if self.kind != "filters" and not self.images:
+            raise CnnCodesError(f"explain {self.kind} needs at least one IMAGE path.")
+        if self.top < 1:
+            raise CnnCodesError(f"top must be at least 1 channel; got {self.top!r}.")
+
+
+def _class_name(backbone: Backbone, index: int) -> str:
+    cats = backbone.categories
+    return cats[index] if 0 <= index < len(cats) else f"class {index}"
+
+
+def _unique_path(folder: Path, stem: str, used: set[str]) -> Path:
+    name, n = f"{stem}.png", 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}.png"
+    used.add(name)
+    return folder / name
+
+
+def explain(config: ExplainConfig | None = None, /, **options: Any) -> list[Path]:
+    """Draw the explanation ``config.kind`` for each image; return the PNG paths.
+
+    Call as ``explain(ExplainConfig(...))`` or ``explain(kind="saliency", images=(...))``.
+
+    Raises:
+        CnnCodesError: unreadable image, unknown model/layer/target, or a layer that has no
+            spatial map for ``gradcam``/``activations``.
+    """
+    from . import figures
+
+    if config is None:
+        config = ExplainConfig(**options)
+    elif options:
+        raise TypeError("Pass either an ExplainConfig or keyword options, not both.")
+    # Read every image first: a bad path fails before the model is built.
+    images = [(Path(p), load_image(p)) for p in config.images]
+    backbone = backbone_from_run(config.run) if config.run else load_backbone(
+        config.model, config.weights
+    )
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    if config.kind == "filters":
+        name, kernels = first_conv_filters(backbone)
+        path = _unique_path(out, f"{_safe(backbone.name)}-filters", used)
+        title = f"{_model_label(backbone)}: first conv layer {name!r}"
+        figures.plot_filters(kernels, path, title=title)
+        return [path]
+    if config.layer is not None and config.kind != "saliency":
+        resolve_layer(backbone, config.layer)  # a bad name fails before any image runs
+    paths = []
+    for source, image in images:
+        x = preprocess(backbone, image)
+        shown = figures.displayable(x[0], backbone.transform)
+        if config.kind == "saliency":
+            result = saliency(backbone.model, x, config.target, backbone.categories)
+            path = _unique_path(out, f"{_safe(source.stem)}-saliency", used)
+            figures.plot_attribution(
+                shown, result, path, kind="saliency",
+                title=_title(backbone, source, result, "saliency"),
+            )
+        elif config.kind == "gradcam":
+            result = gradcam(backbone, x, config.layer, config.target)
+            path = _unique_path(out, f"{_safe(source.stem)}-gradcam-{_safe(result.layer)}", used)
+            figures.plot_attribution(
+                shown, result, path, kind="gradcam",
+                title=_title(backbone, source, result, f"Grad-CAM at {result.layer}"),
+            )
+        else:
+            name, maps, channels = activation_maps(backbone, x, config.layer)
+            path = _unique_path(out, f"{_safe(source.stem)}-activations-{_safe(name)}", used)
+            figures.plot_activation_grid(
+                maps[: config.top], channels[: config.top], path,
+                title=f"{source.name}: {_model_label(backbone)}, layer {name!r} "
+                f"({maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}), "
+                f"{min(config.top, len(maps))} most active",
+            )
+        paths.append(path)
+    return paths
+
+
+def _title(backbone: Backbone, source: Path, result: Attribution, what: str) -> str:
+    target = _class_name(backbone, result.target)
+    predicted = _class_name(backbone, result.predicted)
+    line = f"{source.name}: {what} for {target!r} ({result.target}), p={result.probability:.2f}"
+    if result.predicted != result.target:
+        line += f"; predicted {predicted!r}"
+    return f"{line}\n{_model_label(backbone)}"
+
+
+def _model_label(backbone: Backbone) -> str:
+    weights = backbone.weights
+    if weights.startswith(("run:", "file:")):  # a path: its last part says enough
+        weights = weights.split(":", 1)[0] + ":" + Path(weights.split(":", 1)[1]).name
+    return f"{backbone.name}, weights {weights}"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
