@@ -194,3 +194,328 @@ def info(store: str) -> None:
             ))
         for path, reason in codes.skipped:
             click.echo(f"{'skipped':>18}: {path}: {reason}")
+
+
+# --- fit, predict, report: classical pipelines on the codes -------------------------------
+
+TABLE_FORMATS = ("md", "csv", "latex", "html")
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--clf", "-c", default="logreg", show_default=True,
+              help="Pipeline: logreg, linear_svm, rbf_svm, mlp, knn, or a path to your own "
+              ".py file defining build(**params) and search_space.")
+@click.option("--layer", "-l", default=None,
+              help="Store layer: node name or the spec used at extraction (-2); default the first.")
+@click.option("--cv", default=5, show_default=True,
+              help="Stratified CV folds, used when the store has no val split.")
+@click.option("--pca", type=int, help="Insert PCA to N components before the classifier.")
+@click.option("--l2norm", is_flag=True, help="L2-normalise every code first.")
+@click.option("--refit-on", type=click.Choice(["train", "train+val"]), default="train",
+              show_default=True, help="Rows the final model is fitted on after selection.")
+@click.option("--seed", default=0, show_default=True, help="Random state of folds and estimators.")
+@click.option("--out", "-o", type=click.Path(), help="Run folder (default: runs/<store>-<clf>-<layer>).")
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True,
+              help="Format of the report row printed at the end.")
+@click.option("--quiet", "-q", is_flag=True, help="Only the final report row.")
+def fit(store: str, quiet: bool, fmt: str, **options: Any) -> None:
+    """Train, tune (C on a log grid), evaluate and save a pipeline on the codes of STORE."""
+    import pandas as pd
+
+    from .fit import fit_pipeline
+    from .report import format_table
+
+    result = fit_pipeline(store, progress=not quiet, **options)
+    click.echo(f"saved {result.model_path}")
+    click.echo(format_table(pd.DataFrame([result.row]), fmt))
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("source", type=click.Path())
+@click.option("--out", "-o", type=click.Path(), help="CSV to write (default: print it).")
+@click.option("--batch-size", "-b", default=32, show_default=True, help="Images per forward pass.")
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def predict(model: str, source: str, out: str | None, quiet: bool, **options: Any) -> None:
+    """Predict with run MODEL on SOURCE: images (extracted like the training codes) or a store."""
+    from .predict import predict as run_predict
+
+    frame = run_predict(model, source, out, progress=not quiet, **options)
+    if out is None:
+        click.echo(frame.to_csv(index=False), nl=False)
+    else:
+        click.echo(f"{out}: {len(frame)} predictions")
+    for path, reason in frame.attrs.get("skipped", []):
+        click.echo(f"  skipped {path}: {reason}", err=True)
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)
+@click.option("--per-class", is_flag=True, help="Add precision/recall/F1 per class.")
+@click.option("--confusion", is_flag=True, help="Add a confusion matrix per run.")
+@click.option("--split", help="Held-out split for per-class tables (default: test, val or cv).")
+@click.option("--out", "-o", type=click.Path(), help="Also write the report to this file.")
+def report(runs: tuple[str, ...], fmt: str, out: str | None, **options: Any) -> None:
+    """One comparison table of the fitted RUNS (run folders), in Markdown, CSV, LaTeX or HTML."""
+    from pathlib import Path
+
+    from .report import report as render
+
+    text = render(list(runs), fmt=fmt, **options)
+    click.echo(text)
+    if out is not None:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+
+
+# --- fine-tuning (strategies 3 and 4) and the four-strategy comparison ----------------------
+
+
+def head_option(function: F) -> F:
+    return click.option(
+        "--head", default=None,
+        help="Hidden sizes of a new MLP head, e.g. 512,256; 'none' for one linear layer "
+        "(default: linear for strategy 3, 256 for strategy 4).",
+    )(function)
+
+
+def unfreeze_option(function: F) -> F:
+    return click.option(
+        "--unfreeze-from", default=None,
+        help="Strategy 4: first layer that trains (node name, index as for --layer, or a "
+        "module such as layer4 / blocks.5). Default: the last two layer groups.",
+    )(function)
+
+
+@main.command()
+@click.argument("source", type=click.Path())
+@click.option("--strategy", "-s", type=click.Choice(["3", "4"]), default="3", show_default=True,
+              help="3: frozen body, new head. 4: fine-tune later layers + MLP head.")
+@model_option
+@weights_option()
+@unfreeze_option
+@head_option
+@click.option("--replace-fc", default=1, show_default=True,
+              help="Rebuild the last N linear layers (AlexNet exercise: 2).")
+@click.option("--epochs", "-e", default=5, show_default=True, help="Most epochs (early stopping may end sooner).")
+@click.option("--batch-size", "-b", default=32, show_default=True, help="Images per step.")
+@click.option("--lr", type=float, help="Head learning rate (default 1e-3 AdamW, 1e-2 SGD).")
+@click.option("--lr-decay", default=0.3, show_default=True,
+              help="Each earlier layer group trains at this times the rate of the one above.")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "onecycle", "constant"]), default="cosine",
+              show_default=True)
+@click.option("--weight-decay", default=0.01, show_default=True)
+@click.option("--dropout", default=0.2, show_default=True, help="Dropout inside the MLP head.")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Random resized crop + flip on training images.")
+@click.option("--patience", default=3, show_default=True,
+              help="Early stopping: epochs without better val accuracy (0: off).")
+@click.option("--progressive", is_flag=True, help="Strategy 4: unfreeze one layer group per epoch.")
+@click.option("--freeze-bn/--train-bn", default=True, show_default=True,
+              help="Keep BatchNorm statistics of trainable layers as pretrained.")
+@click.option("--limit", type=int, help="Only the first N images of each split.")
+@click.option("--out", "-o", type=click.Path(), help="Run folder (default: cache/runs/...).")
+@device_option
+@click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on for CUDA).")
+@click.option("--seed", default=0, show_default=True, help="Makes CPU runs repeatable.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def finetune(source: str, strategy: str, head: str | None, quiet: bool, **options: Any) -> None:
+    """Fine-tune a pretrained backbone on SOURCE (strategy 3 or 4).
+
+    \b
+    cnncodes finetune DATA --strategy 3
+    cnncodes finetune DATA --strategy 4 --unfreeze-from blocks.5 --head 512,256 --epochs 10
+    cnncodes finetune DATA --model alexnet --replace-fc 2
+    """
+    from .finetune import FinetuneConfig, parse_head
+    from .finetune import finetune as run_finetune
+
+    config = FinetuneConfig(
+        source=source, strategy=int(strategy), head=parse_head(head), progress=not quiet, **options
+    )
+    result = run_finetune(config)
+    click.echo(f"{result.run_dir}: strategy {result.strategy}, trained {result.trained}")
+    click.echo(
+        f"  trainable parameters {result.trainable_params:,} of {result.total_params:,}; "
+        f"best epoch {result.best_epoch}/{len(result.history)}; {result.seconds:.0f}s"
+    )
+    test = f", test accuracy {result.test_accuracy:.4f}" if result.test_accuracy is not None else ""
+    click.echo(f"  val accuracy {result.val_accuracy:.4f} (loss {result.val_loss:.4f}){test}")
+    for group in result.groups:
+        if group["trainable_params"]:
+            click.echo(f"  group {group['group']}: lr {group['lr']:.2e}, {group['trainable_params']:,} params")
+    for path, reason in result.skipped:
+        click.echo(f"  skipped {path}: {reason}")
+
+
+@main.command()
+@click.argument("source", type=click.Path())
+@model_option
+@weights_option()
+@click.option("--clf", "-c", default="logreg", show_default=True, help="Pipeline for strategies 1 and 2.")
+@click.option("--layer", "-l", "layers", multiple=True,
+              help="Candidate earlier layer for strategy 2 (repeat); default: the last three stages.")
+@pool_option
+@click.option("--epochs", "-e", default=5, show_default=True, help="Most epochs for strategies 3 and 4.")
+@unfreeze_option
+@head_option
+@click.option("--batch-size", "-b", default=32, show_default=True, help="Images per training step.")
+@click.option("--limit", type=int, help="Only the first N images of each split.")
+@click.option("--out", "-o", type=click.Path(), help="Folder for runs, table and plot.")
+@device_option
+@click.option("--seed", default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="Only the table.")
+def compare(source: str, layers: tuple[str, ...], head: str | None, fmt: str, quiet: bool,
+            **options: Any) -> None:
+    """Strategies 1-4 on SOURCE (same split, same backbone): one table and one plot."""
+    from .compare import CompareConfig
+    from .compare import compare as run_compare
+    from .finetune import parse_head
+    from .report import format_table
+
+    config = CompareConfig(
+        source=source, layers=tuple(layers) or None, head=parse_head(head),
+        progress=not quiet, **options,
+    )
+    result = run_compare(config)
+    click.echo(format_table(result.table, fmt))
+    click.echo(f"\nruns, compare.csv and curves.png in {result.out}", err=quiet)
+
+
+# --- seeing inside the network (explain) and the layer sweep ---------------------------------
+
+
+@main.group(cls=CnnCodesGroup)
+def explain() -> None:
+    """What the network looks at: saliency, Grad-CAM, activation grids, first-layer filters.
+
+    \b
+    Each command writes titled PNGs with colour bars into --out and prints their paths.
+    The class explained is the model's prediction unless --target names one; with --run
+    the model and classes are those of a fine-tuned run ('cnncodes finetune').
+    """
+
+
+def explain_options(function: F) -> F:
+    """Options every ``explain`` command shares: the network, the run and the output folder."""
+    for option in reversed([
+        click.option("--model", "-m", default=None,
+                     help="Backbone (default efficientnet_lite0); see 'cnncodes models'."),
+        click.option("--weights", "-w", default="DEFAULT", show_default=True,
+                     help="Weights enum name, 'none' for random, or a state-dict path."),
+        click.option("--run", "-r", type=click.Path(),
+                     help="A fine-tuned run folder: explain its model and its classes."),
+        click.option("--out", "-o", default="explain", show_default=True, type=click.Path(),
+                     help="Folder for the PNGs."),
+    ]):
+        function = option(function)
+    return function
+
+
+def target_option(function: F) -> F:
+    return click.option(
+        "--target", "-t", default=None,
+        help="Class to explain: an index or a name ('bee', 'tiger cat'); default the prediction.",
+    )(function)
+
+
+def explain_layer_option(function: F) -> F:
+    return click.option(
+        "--layer", "-l", default=None,
+        help="Conv layer: FX node name, index (-5) or container (layer4); default the last "
+        "conv map. See 'cnncodes layers MODEL'.",
+    )(function)
+
+
+def _explain(kind: str, images: tuple[str, ...], **options: Any) -> None:
+    from .backbones import DEFAULT_MODEL
+    from .explain import ExplainConfig
+    from .explain import explain as run_explain
+
+    if options.get("model") is None:
+        options["model"] = DEFAULT_MODEL
+    for path in run_explain(ExplainConfig(kind=kind, images=images, **options)):
+        click.echo(str(path))
+
+
+@explain.command("saliency")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@explain_options
+@target_option
+def explain_saliency(images: tuple[str, ...], **options: Any) -> None:
+    """Saliency of each IMAGE: |d class score / d pixel|, max over colour (Simonyan 2014)."""
+    _explain("saliency", images, **options)
+
+
+@explain.command("gradcam")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@explain_options
+@explain_layer_option
+@target_option
+def explain_gradcam(images: tuple[str, ...], **options: Any) -> None:
+    """Grad-CAM heat map of a conv layer over each IMAGE."""
+    _explain("gradcam", images, **options)
+
+
+@explain.command("activations")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@explain_options
+@explain_layer_option
+@click.option("--top", default=32, show_default=True, help="Channels to show, most active first.")
+def explain_activations(images: tuple[str, ...], **options: Any) -> None:
+    """Grid of a layer's feature maps for each IMAGE, most active channels first."""
+    _explain("activations", images, **options)
+
+
+@explain.command("filters")
+@explain_options
+def explain_filters(**options: Any) -> None:
+    """The first conv layer's kernels as RGB tiles (e.g. --model alexnet)."""
+    _explain("filters", (), **options)
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@click.option("--clf", "-c", default="logreg", show_default=True,
+              help="Pipeline fitted on every layer (as for 'cnncodes fit').")
+@click.option("--layers", "-l", default="default", show_default=True,
+              help="'default' (last 4 stages + penultimate code), 'all' (every stage, the "
+              "code and the logits) or a comma-separated list: -2,-5,layer3.")
+@model_option
+@weights_option()
+@pool_option
+@click.option("--limit", type=int, help="Only the first N images of each split.")
+@click.option("--cv", default=5, show_default=True, help="CV folds when there is no val split.")
+@click.option("--pca", type=int, help="PCA to N components first (layers with fewer dims: none).")
+@click.option("--l2norm", is_flag=True, help="L2-normalise every code first.")
+@click.option("--seed", default=0, show_default=True, help="Random state of folds and estimators.")
+@click.option("--out", "-o", type=click.Path(),
+              help="Folder for sweep.csv/.md/.png and the runs (default: sweeps/<store>-<clf>).")
+@click.option("--store", type=click.Path(), help="Code store path (default: the extraction cache).")
+@click.option("--batch-size", "-b", default=32, show_default=True, help="Images per forward pass.")
+@click.option("--workers", "-j", type=int, help="Decoding processes (default: cores - 1).")
+@device_option
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="Only the table and the file paths.")
+def sweep(data: str, fmt: str, quiet: bool, **options: Any) -> None:
+    """Accuracy of one pipeline on codes from several layers: the transferability curve.
+
+    DATA is an image source (extracted once, all layers in one pass) or a code store (.h5),
+    whose layers are then swept as they are.
+    """
+    from .report import format_table
+    from .sweep import SweepConfig
+    from .sweep import sweep as run_sweep
+
+    result = run_sweep(SweepConfig(source=data, progress=not quiet, **options))
+    click.echo(format_table(result.table, fmt))
+    for path in (result.table_path, result.markdown_path, result.plot_path):
+        click.echo(str(path))
+
+
+if __name__ == "__main__":
+    main()

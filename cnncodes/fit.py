@@ -1,0 +1,452 @@
+"""Train, tune, evaluate and save a scikit-learn pipeline on the codes of one store layer.
+
+``fit_pipeline`` uses the store's split: it trains on ``train``, selects hyper-parameters
+on ``val`` when there is one (stratified k-fold CV on ``train`` otherwise, and on every
+row when the store has no split), reports on ``val`` and ``test``, and saves the fitted
+pipeline with its metadata in a run folder (see :mod:`cnncodes.model`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA
+from sklearn.metrics import balanced_accuracy_score, f1_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer
+
+from . import __version__
+from .errors import CnnCodesError
+from .model import PREDICTIONS_FILE, save_model
+from .search import SearchResult, search_pipeline
+from .store import CodeStore
+
+__all__ = ["FitConfig", "FitResult", "fit_pipeline", "load_pipeline_module", "default_runs_dir",
+           "REFIT_CHOICES"]
+
+REFIT_CHOICES = ("train", "train+val")
+
+
+def default_runs_dir() -> Path:
+    """``$CNNCODES_RUNS`` or ``./runs``: where run folders go when no ``out`` is given."""
+    return Path(os.environ.get("CNNCODES_RUNS", "runs"))
+
+
+def _pipeline_names() -> list[str]:
+    from .pipelines import NAMES
+
+    return sorted(NAMES)
+
+
+def load_pipeline_module(clf: str) -> ModuleType:
+    """The module behind ``--clf``: a named pipeline, or a user's ``.py`` file given as a path.
+
+    Raises:
+        CnnCodesError: unknown name, missing file, or a file without ``build`` and
+            ``search_space``.
+    """
+    is_path = clf.endswith(".py") or os.sep in clf or "/" in clf
+    if not is_path:
+        if clf not in _pipeline_names():
+            raise CnnCodesError(
+                f"Unknown pipeline {clf!r}; choose one of {', '.join(_pipeline_names())}, or "
+                "give a path to a .py file defining build(**params) and search_space."
+            )
+        return importlib.import_module(f"cnncodes.pipelines.{clf}")
+    path = Path(clf).expanduser()
+    if not path.is_file():
+        raise CnnCodesError(
+            f"Pipeline file {clf!r} does not exist; give a .py file defining "
+            f"build(**params) and search_space, or a name: {', '.join(_pipeline_names())}."
+        )
+    spec = importlib.util.spec_from_file_location(f"cnncodes_user_pipeline_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise CnnCodesError(f"Pipeline file {clf!r} cannot be imported; is it a Python file?")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "build", None)) or not isinstance(
+        getattr(module, "search_space", None), dict
+    ):
+        raise CnnCodesError(
+            f"Pipeline file {clf!r} must define build(**params) returning an unfitted "
+            "sklearn Pipeline and search_space, a dict of parameter -> candidate values "
+            "(see pipelines/logreg.py)."
+        )
+    return module
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that decides what :func:`fit_pipeline` trains and where it saves it.
+
+    Attributes:
+        clf: a pipeline name (``logreg``, ``linear_svm``, ``rbf_svm``, ``mlp``, ``knn``) or
+            a path to a ``.py`` file with ``build`` and ``search_space``.
+        layer: store layer (node name or the spec as typed); None = the first.
+        cv: folds of stratified CV when the store has no ``val`` split.
+        pca: insert PCA to this many components before the classifier.
+        l2norm: L2-normalise every code first.
+        out: run folder; default ``runs/<store stem>-<clf>-<layer>``.
+        refit_on: ``train``, or ``train+val`` to refit on both after selection.
+        seed: random state of folds and of every estimator that takes one.
+        progress: print a line per stage.
+    """
+
+    clf: str = "logreg"
+    layer: str | int | None = None
+    cv: int = 5
+    pca: int | None = None
+    l2norm: bool = False
+    out: str | os.PathLike[str] | None = None
+    refit_on: str = "train"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.refit_on not in REFIT_CHOICES:
+            raise CnnCodesError(
+                f"refit_on must be one of {', '.join(REFIT_CHOICES)}; got {self.refit_on!r}."
+            )
+        if not isinstance(self.cv, int) or self.cv < 2:
+            raise CnnCodesError(f"cv must be an integer of at least 2 folds; got {self.cv!r}.")
+        if self.pca is not None and (not isinstance(self.pca, int) or self.pca < 1):
+            raise CnnCodesError(f"pca must be a positive number of components; got {self.pca!r}.")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_pipeline` trained: the run folder, chosen parameters and metrics.
+
+    Attributes:
+        run_dir: the run folder.
+        model_path: the saved pipeline (``model.skops``) inside it.
+        best_params: the selected hyper-parameters (``set_params`` names).
+        metrics: accuracies, mean per-class accuracy, macro F1, sizes and seconds.
+        row: one row of ``cnncodes report``.
+        metadata: everything written to ``metadata.json``.
+        pipeline: the fitted pipeline.
+        search: the full search record.
+    """
+
+    run_dir: Path
+    model_path: Path
+    best_params: dict[str, Any]
+    metrics: dict[str, Any]
+    row: dict[str, Any]
+    metadata: dict[str, Any] = field(repr=False)
+    pipeline: Pipeline = field(repr=False)
+    search: SearchResult = field(repr=False)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _seeded(pipeline: Pipeline, seed: int) -> Pipeline:
+    """Give every unset ``random_state`` the run's seed, so that a run can be repeated."""
+    params = pipeline.get_params()
+    unset = {k: seed for k, v in params.items() if k.endswith("random_state") and v is None}
+    return pipeline.set_params(**unset)
+
+
+def _with_steps(pipeline: Pipeline, pca: int | None, l2norm: bool, seed: int) -> Pipeline:
+    steps = list(pipeline.steps)
+    if pca is not None:
+        steps.insert(len(steps) - 1, ("pca", PCA(n_components=pca, random_state=seed)))
+    if l2norm:
+        steps.insert(0, ("l2norm", Normalizer(norm="l2")))
+    return Pipeline(steps)
+
+
+def _build(module: ModuleType, config: FitConfig, params: dict[str, Any]) -> Pipeline:
+    pipeline = module.build(**params)
+    if not isinstance(pipeline, Pipeline):
+        raise CnnCodesError(
+            f"build() of pipeline {config.clf!r} returned {type(pipeline).__name__}, not a "
+            "sklearn.pipeline.Pipeline; wrap the estimator with make_pipeline(...)."
+        )
+    return _seeded(_with_steps(pipeline, config.pca, config.l2norm, config.seed), config.seed)
+
+
+def _short(params: dict[str, Any]) -> str:
+    def value(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k.rsplit('__', 1)[-1]}={value(v)}" for k, v in params.items())
+
+
+def _check_data(store: CodeStore, y: np.ndarray, rows: dict[str, np.ndarray], config: FitConfig,
+                selection: str, dim: int) -> None:
+    name = store.path.name
+    if len(store) == 0:
+        raise CnnCodesError(
+            f"Code store {name!r} holds no codes (0 images); extract a source with images."
+        )
+    if len(rows["train"]) == 0:
+        found = sorted({s for s in (store.split if store.split is not None else []) if s})
+        raise CnnCodesError(
+            f"Code store {name!r} has no labeled 'train' images (splits found: "
+            f"{', '.join(found) or 'none'}); fit needs a train split, or a store without "
+            "any split (then all labeled images are used with cross-validation)."
+        )
+    classes = store.classes
+    present = np.unique(y[rows["train"]])
+    if len(present) < 2:
+        only = classes[present[0]] if len(present) and present[0] < len(classes) else "?"
+        raise CnnCodesError(
+            f"Training images of {name!r} all belong to one class ({only!r}); a classifier "
+            "needs at least two classes."
+        )
+    if config.refit_on == "train+val" and len(rows["val"]) == 0:
+        raise CnnCodesError(
+            f"refit_on='train+val' needs a 'val' split but {name!r} has none; use "
+            "refit_on='train'."
+        )
+    if selection == "cv":
+        counts = np.bincount(y[rows["train"]])
+        smallest = int(counts[counts > 0].min())
+        if smallest < config.cv:
+            raise CnnCodesError(
+                f"cv={config.cv} needs at least {config.cv} training images per class, but a "
+                f"class of {name!r} has {smallest}; lower --cv to {max(2, smallest)} or less."
+            )
+    if config.pca is not None:
+        n_fit = len(rows["train"]) if selection == "val" else len(rows["train"]) * (config.cv - 1) // config.cv
+        if config.pca > min(dim, n_fit):
+            raise CnnCodesError(
+                f"pca={config.pca} exceeds what the data allows (code dim {dim}, "
+                f"{n_fit} training rows per fit); choose --pca {min(dim, n_fit)} or less."
+            )
+
+
+def fit_pipeline(
+    store: str | os.PathLike[str] | CodeStore,
+    *,
+    clf: str = "logreg",
+    layer: str | int | None = None,
+    cv: int = 5,
+    pca: int | None = None,
+    l2norm: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    refit_on: str = "train",
+    seed: int = 0,
+    progress: bool = True,
+) -> FitResult:
+    """Train, tune, evaluate and save a pipeline on one layer of a code store.
+
+    Args:
+        store: a code store path or an open :class:`CodeStore`.
+        clf, layer, cv, pca, l2norm, out, refit_on, seed, progress: see :class:`FitConfig`.
+
+    Returns:
+        The run folder, chosen hyper-parameters, metrics and report row.
+
+    Raises:
+        CnnCodesError: unknown pipeline or layer, no train split, a single class, an empty
+            store, or options the data cannot support.
+    """
+    config = FitConfig(clf, layer, cv, pca, l2norm, out, refit_on, seed, progress)
+    if isinstance(store, CodeStore):
+        return _fit(store, config)
+    with CodeStore(store) as opened:
+        return _fit(opened, config)
+
+
+def _log(config: FitConfig, message: str) -> None:
+    if config.progress:
+        print(f"[fit] {message}", flush=True)
+
+
+def _fit(store: CodeStore, config: FitConfig) -> FitResult:
+    started = time.perf_counter()
+    module = load_pipeline_module(config.clf)
+    layer = store.resolve(config.layer)
+    dim = store.dim(layer)
+    y = store.labels
+    split = store.split
+    labeled = y >= 0
+    if split is None:
+        split = np.where(labeled, "train", "")
+    split = np.where(labeled, split, "")
+    rows = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
+    selection = "val" if len(rows["val"]) else "cv"
+    _check_data(store, y, rows, config, selection, dim)
+    X = store.codes(layer)
+    pipeline = _build(module, config, {})
+    space = dict(getattr(module, "search_space", {}))
+    path_parameter = getattr(module, "path_parameter", None)
+    if path_parameter not in space:
+        path_parameter = None
+
+    if selection == "val":
+        search_rows = np.concatenate([rows["train"], rows["val"]])
+        n_train = len(rows["train"])
+        folds = [(np.arange(n_train), np.arange(n_train, len(search_rows)))]
+    else:
+        search_rows = rows["train"]
+        splitter = StratifiedKFold(config.cv, shuffle=True, random_state=config.seed)
+        folds = list(splitter.split(np.zeros(len(search_rows)), y[search_rows]))
+    _log(config, f"{config.clf} on {layer} ({len(rows['train'])} x {dim}); selecting on "
+         f"{'val' if selection == 'val' else f'{config.cv}-fold CV'} over "
+         f"{int(np.prod([len(v) for v in space.values()])) if space else 1} candidates")
+    found = search_pipeline(
+        pipeline, space, X[search_rows], y[search_rows], folds, path_parameter=path_parameter
+    )
+    _log(config, f"best {_short(found.best_params) or 'defaults'}: {found.best_score:.4f} "
+         f"({len(found.candidates)} evaluated in {found.seconds:.1f}s)")
+
+    fit_rows = rows["train"] if config.refit_on == "train" else np.concatenate(
+        [rows["train"], rows["val"]])
+    final = _build(module, config, found.best_params).fit(X[fit_rows], y[fit_rows])
+    fit_seconds = time.perf_counter() - started
+
+    held_out = _held_out_predictions(final, X, y, rows, search_rows, found, config, selection)
+    metrics = _metrics(final, X, y, rows, fit_rows, held_out, found, config, selection, dim)
+    metrics["fit_seconds"] = round(fit_seconds, 3)
+    metrics["search_seconds"] = round(found.seconds, 3)
+    run_dir = Path(config.out) if config.out else default_runs_dir() / _run_name(store, config, layer)
+    clf_name = Path(config.clf).stem if config.clf.endswith(".py") else config.clf
+    row = {
+        "run": run_dir.name, "backbone": store.attrs.get("backbone"),
+        "weights": store.attrs.get("weights"), "layer": layer, "pipeline": clf_name,
+        "params": _short(found.best_params), "selected_on": metrics["selected_on"],
+        "n_train": metrics["n_train"], "code_dim": dim,
+        **{key: metrics[key] for key in ("train_accuracy", "val_accuracy", "test_accuracy",
+                                         "cv_accuracy", "mean_per_class_accuracy", "macro_f1",
+                                         "fit_seconds")},
+    }
+    metadata = _metadata(store, config, module, layer, dim, found, metrics, row, clf_name)
+    model_path = save_model(run_dir, final, metadata)
+    _predictions_frame(store, y, held_out).to_csv(run_dir / PREDICTIONS_FILE, index=False)
+    return FitResult(run_dir, model_path, found.best_params, metrics, row, metadata, final, found)
+
+
+def _run_name(store: CodeStore, config: FitConfig, layer: str) -> str:
+    clf = Path(config.clf).stem if config.clf.endswith(".py") else config.clf
+    name = f"{store.path.stem}-{clf}-{layer}"
+    if config.pca is not None:
+        name += f"-pca{config.pca}"
+    if config.l2norm:
+        name += "-l2norm"
+    if config.refit_on != "train":
+        name += "-trainval"
+    return _safe(name)
+
+
+def _held_out_predictions(final: Pipeline, X: np.ndarray, y: np.ndarray,
+                          rows: dict[str, np.ndarray], search_rows: np.ndarray,
+                          found: SearchResult, config: FitConfig,
+                          selection: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Held-out (rows, predicted labels) per split: never rows the final model saw."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if found.held_out_predictions is not None:
+        searched = found.held_out_predictions
+        if selection == "cv":
+            out["cv"] = (search_rows, searched)
+        elif config.refit_on == "train+val":
+            # The final model saw val; the search's model (trained on train only) did not.
+            out["val"] = (rows["val"], searched[len(rows["train"]):])
+    if selection == "val" and config.refit_on == "train":
+        out["val"] = (rows["val"], final.predict(X[rows["val"]]))
+    if len(rows["test"]):
+        out["test"] = (rows["test"], final.predict(X[rows["test"]]))
+    return out
+
+
+def _metrics(final: Pipeline, X: np.ndarray, y: np.ndarray, rows: dict[str, np.ndarray],
+             fit_rows: np.ndarray, held_out: dict[str, tuple[np.ndarray, np.ndarray]],
+             found: SearchResult, config: FitConfig, selection: str, dim: int) -> dict[str, Any]:
+    def accuracy(split: str) -> float | None:
+        if split not in held_out:
+            return None
+        index, predicted = held_out[split]
+        return round(float(np.mean(predicted == y[index])), 6)
+
+    eval_split = next((s for s in ("test", "val", "cv") if s in held_out), None)
+    train_rows = rows["train"]
+    metrics: dict[str, Any] = {
+        "train_accuracy": round(float(np.mean(final.predict(X[train_rows]) == y[train_rows])), 6),
+        "val_accuracy": accuracy("val"),
+        "test_accuracy": accuracy("test"),
+        "cv_accuracy": round(found.best_score, 6) if selection == "cv" else None,
+        "selected_on": "val" if selection == "val" else f"{config.cv}-fold CV",
+        "selection_score": round(found.best_score, 6),
+        "eval_split": eval_split,
+        "mean_per_class_accuracy": None,
+        "macro_f1": None,
+        "n_train": int(len(fit_rows)),
+        "n_val": int(len(rows["val"])),
+        "n_test": int(len(rows["test"])),
+        "code_dim": dim,
+        "n_candidates": found.n_candidates,
+        "n_evaluated": len(found.candidates),
+        "n_not_converged": found.n_not_converged,
+    }
+    if eval_split is not None:
+        index, predicted = held_out[eval_split]
+        metrics["mean_per_class_accuracy"] = round(float(balanced_accuracy_score(y[index], predicted)), 6)
+        metrics["macro_f1"] = round(float(f1_score(y[index], predicted, average="macro")), 6)
+    return metrics
+
+
+def _predictions_frame(store: CodeStore, y: np.ndarray,
+                       held_out: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    classes, paths = store.classes, store.paths
+    frames = [
+        pd.DataFrame({
+            "path": [paths[i] for i in index], "split": split,
+            "label": [classes[i] for i in y[index]],
+            "predicted": [classes[i] for i in predicted],
+        })
+        for split, (index, predicted) in held_out.items()
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["path", "split", "label", "predicted"])
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import skops
+
+    return {"cnncodes": __version__, "scikit-learn": sklearn.__version__,
+            "skops": skops.__version__, "numpy": np.__version__, "pandas": pd.__version__,
+            "python": platform.python_version()}
+
+
+def _metadata(store: CodeStore, config: FitConfig, module: ModuleType, layer: str, dim: int,
+              found: SearchResult, metrics: dict[str, Any], row: dict[str, Any],
+              clf_name: str) -> dict[str, Any]:
+    attrs = store.attrs
+    layers, specs = store.layers, [str(s) for s in attrs.get("layer_specs", [])]
+    spec = specs[layers.index(layer)] if len(specs) == len(layers) else layer
+    return {
+        "format": "cnncodes-fit/1",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "pipeline": clf_name,
+        "pipeline_source": str(Path(config.clf).resolve()) if config.clf.endswith(".py")
+        else module.__name__,
+        "store": {"path": str(store.path.resolve()), "store_key": attrs.get("store_key"),
+                  "source": attrs.get("source"),
+                  "source_fingerprint": attrs.get("source_fingerprint")},
+        **{key: attrs.get(key) for key in ("backbone", "weights", "weights_sha256", "pooling",
+                                           "preprocessing", "precision")},
+        "layer": layer, "layer_spec": spec, "code_dim": dim, "classes": store.classes,
+        "params": found.best_params, "pca": config.pca, "l2norm": config.l2norm,
+        "refit_on": config.refit_on, "seed": config.seed, "cv": config.cv,
+        "search": {"space": dict(getattr(module, "search_space", {})),
+                   "path_parameter": getattr(module, "path_parameter", None),
+                   "candidates": found.candidates},
+        "metrics": metrics, "row": row,
+        "versions": {**_versions(), "torch (extraction)": str(attrs.get("torch_version", ""))},
+    }

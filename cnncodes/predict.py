@@ -1,0 +1,118 @@
+"""Score new images or a code store with a saved run: a table of predictions per image."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from .model import FittedModel, load_model
+from .store import CodeStore
+
+__all__ = ["predict", "FINETUNE_FILE"]
+
+FINETUNE_FILE = "finetune.json"
+
+
+def _is_code_store(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in (".h5", ".hdf5") and h5py.is_hdf5(path)
+
+
+def predict(
+    model_run: str | os.PathLike[str],
+    source_or_store: str | os.PathLike[str],
+    out_csv: str | os.PathLike[str] | None = None,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Predict the class of every image of a source or every row of a code store.
+
+    Given images, the codes are extracted with exactly the backbone, weights, layer and
+    pooling recorded in the run (a cached store is reused). A fine-tuned run (one holding
+    ``finetune.json``) is handed to :func:`cnncodes.finetune.predict_run`.
+
+    Args:
+        model_run: a run folder written by ``fit_pipeline`` (or by fine-tuning).
+        source_or_store: an image folder, CSV manifest or idx folder, or a code store.
+        out_csv: also write the table here.
+        batch_size: images per forward pass when extracting.
+        device: ``auto``, ``cpu``, ``cuda``, ... for extraction.
+        progress: show the extraction progress bar.
+
+    Returns:
+        One row per image: ``path``, ``label`` (true class, "" when unknown), ``split``
+        (when the source has one), ``predicted``, then ``proba_<class>`` per class, or
+        ``score_<class>`` decision scores for pipelines without probabilities. Skipped
+        images are listed in ``frame.attrs["skipped"]``.
+
+    Raises:
+        CnnCodesError: not a run, a source that cannot be read, or a store with other codes.
+    """
+    run = Path(model_run)
+    if (run / FINETUNE_FILE).is_file():
+        from .finetune import predict_run  # fine-tuned PyTorch runs need torch training code
+
+        frame = predict_run(run, source_or_store)
+    else:
+        model = load_model(run)
+        target = Path(source_or_store)
+        if _is_code_store(target):
+            with CodeStore(target) as store:
+                frame = _predict_store(model, store)
+        else:
+            store_path = _extract_like(model, target, batch_size, device, progress)
+            with CodeStore(store_path) as store:
+                frame = _predict_store(model, store)
+    if out_csv is not None:
+        Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(out_csv, index=False)
+    return frame
+
+
+def _extract_like(model: FittedModel, source: Path, batch_size: int, device: str,
+                  progress: bool) -> Path:
+    from .extract import extract
+
+    meta = model.metadata
+    weights = str(meta["weights"])
+    result = extract(
+        source=str(source), model=meta["backbone"], weights=weights.removeprefix("file:"),
+        layers=(model.layer,), pool=meta["pooling"], batch_size=batch_size, device=device,
+        progress=progress,
+    )
+    return result.path
+
+
+def _predict_store(model: FittedModel, store: CodeStore) -> pd.DataFrame:
+    X = model.codes(store)
+    pipeline = model.pipeline
+    model_classes = model.classes
+    known = [model_classes[int(i)] for i in pipeline.classes_]
+    predicted = [known[i] for i in np.searchsorted(pipeline.classes_, pipeline.predict(X))] if len(X) else []
+    store_classes = store.classes
+    frame: dict[str, Any] = {
+        "path": store.paths,
+        "label": [store_classes[i] if 0 <= i < len(store_classes) else "" for i in store.labels],
+    }
+    split = store.split
+    if split is not None:
+        frame["split"] = split.tolist()
+    frame["predicted"] = predicted
+    if hasattr(pipeline, "predict_proba"):
+        scores, prefix = (pipeline.predict_proba(X) if len(X) else np.zeros((0, len(known)))), "proba"
+    else:
+        scores, prefix = (pipeline.decision_function(X) if len(X) else np.zeros((0, len(known)))), "score"
+    if scores.ndim == 1:  # binary decision function: the score of the second class
+        frame[f"{prefix}_{known[1]}"] = scores
+    else:
+        for index, name in enumerate(known):
+            frame[f"{prefix}_{name}"] = scores[:, index]
+    out = pd.DataFrame(frame)
+    out.attrs["skipped"] = store.skipped
+    return out
