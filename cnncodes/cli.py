@@ -130,7 +130,7 @@ def layers(model: str, weights: str, pool: str) -> None:
 @pool_option
 @click.option("--out", "-o", type=click.Path(), help="Store path (default: cache/<source>-<model>-<key>.h5).")
 @click.option("--batch-size", "-b", default=32, show_default=True, help="Images per forward pass.")
-@click.option("--workers", "-j", type=int, help="Decoding processes (default: cores - 1).")
+@click.option("--workers", "-j", type=int, help="Decoding processes (default: spare cores on GPU; 0 on a CPU of 2 cores).")
 @device_option
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on for CUDA).")
 @click.option("--limit", type=int, help="Only the first N images of each split.")
@@ -497,7 +497,7 @@ def explain_filters(**options: Any) -> None:
               help="Folder for sweep.csv/.md/.png and the runs (default: sweeps/<store>-<clf>).")
 @click.option("--store", type=click.Path(), help="Code store path (default: the extraction cache).")
 @click.option("--batch-size", "-b", default=32, show_default=True, help="Images per forward pass.")
-@click.option("--workers", "-j", type=int, help="Decoding processes (default: cores - 1).")
+@click.option("--workers", "-j", type=int, help="Decoding processes (default: spare cores on GPU; 0 on a CPU of 2 cores).")
 @device_option
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Only the table and the file paths.")

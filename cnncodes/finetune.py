@@ -29,6 +29,7 @@ from .backbones import DEFAULT_MODEL, load_backbone
 from .errors import CnnCodesError
 from .extract import default_cache_dir, resolve_device
 from .layers import node_names
+from .runtime import tune_cpu_allocator
 from .sources import ImageDataset, ImageSource, collate_items, open_source
 from .surgery import HEAD_GROUP, install_head, layer_groups, unfrozen_groups
 from .trainer import (
@@ -295,6 +296,8 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
     trainable_by_group = {HEAD_GROUP: groups[-1].params, **body_trainable}
 
     device = resolve_device(config.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     amp = device.type == "cuda" if config.amp is None else config.amp
     model.to(device)
     if device.type == "cuda":
