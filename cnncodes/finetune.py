@@ -327,7 +327,7 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
 
     def loader(split: str, transform: Any, shuffle: bool) -> torch.utils.data.DataLoader:
         dataset = banks[split].dataset(splits[split], transform)
-        n = len(dataset)
+        n = len(dataset)  # type: ignore[arg-type]  # map-style datasets have __len__
         return torch.utils.data.DataLoader(
             dataset, batch_size=config.batch_size if shuffle else 64,
             shuffle=shuffle, generator=generator if shuffle else None,

@@ -81,6 +81,7 @@ def install_head(
     chosen = linears[-replace_fc:]
     first = chosen[0]
     old_first = model.get_submodule(first)
+    assert isinstance(old_first, nn.Linear)  # chosen among the model's nn.Linear modules
     in_features = old_first.in_features
     parent_path, _, first_name = first.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model

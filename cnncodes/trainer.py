@@ -101,7 +101,7 @@ class ImageBank:
             scale = side / min(image.size) if side else 1.0
             if side and scale < 1:
                 size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
-                image = image.resize(size, Image.BICUBIC)
+                image = image.resize(size, Image.Resampling.BICUBIC)
             self.images[position] = image
             self.positions.append(position)
 
