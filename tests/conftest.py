@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CNNCODES_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("CNNCODES_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
 HYMENOPTERA = SHARED_DATA / "hymenoptera_data"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
