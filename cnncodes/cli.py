@@ -317,7 +317,7 @@ def unfreeze_option(function: F) -> F:
 @click.option("--freeze-bn/--train-bn", default=True, show_default=True,
               help="Keep BatchNorm statistics of trainable layers as pretrained.")
 @click.option("--limit", type=int, help="Only the first N images of each split.")
-@click.option("--out", "-o", type=click.Path(), help="Run folder (default: cache/runs/...).")
+@click.option("--out", "-o", type=click.Path(), help="Run folder (default: runs/<source>-<model>-strategy<N>-<time>).")
 @device_option
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on for CUDA).")
 @click.option("--seed", default=0, show_default=True, help="Makes CPU runs repeatable.")
@@ -364,7 +364,7 @@ def finetune(source: str, strategy: str, head: str | None, quiet: bool, **option
 @head_option
 @click.option("--batch-size", "-b", default=32, show_default=True, help="Images per training step.")
 @click.option("--limit", type=int, help="Only the first N images of each split.")
-@click.option("--out", "-o", type=click.Path(), help="Folder for runs, table and plot.")
+@click.option("--out", "-o", type=click.Path(), help="Folder for runs, table and plot (default: runs/compare-<source>-<time>).")
 @device_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)

@@ -17,8 +17,9 @@ import pandas as pd
 
 from .backbones import DEFAULT_MODEL, load_backbone
 from .errors import CnnCodesError
-from .extract import default_cache_dir, extract
+from .extract import extract
 from .finetune import FinetuneConfig, FinetuneResult, finetune
+from .fit import default_runs_dir
 from .layers import node_names, resolve_layer
 from .sources import open_source
 from .surgery import install_head, layer_groups
@@ -50,7 +51,7 @@ class CompareConfig:
         unfreeze_from, head: strategy 4 options (see :class:`FinetuneConfig`).
         batch_size: images per training step.
         limit: first N images of each split only (quick experiments).
-        out: folder for the runs, table and plot; default ``<cache>/compare/<source>-<time>``.
+        out: folder for the runs, table and plot; default ``runs/compare-<source>-<time>``.
         device: ``auto``, ``cpu``, ``cuda`` ...
         seed: one seed for every strategy.
         progress: progress bars and per-stage lines.
@@ -146,7 +147,7 @@ def compare(config: CompareConfig | None = None, /, **options: Any) -> CompareRe
         )
     has_test = "test" in found
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(config.out) if config.out else default_cache_dir() / "compare" / f"{source.name}-{stamp}"
+    out = Path(config.out) if config.out else default_runs_dir() / f"compare-{source.name}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     candidates = list(config.layers) if config.layers else earlier_layers(config.model)
     rows: list[dict[str, Any]] = []

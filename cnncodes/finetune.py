@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from . import __version__
 from .backbones import DEFAULT_MODEL, load_backbone
 from .errors import CnnCodesError
-from .extract import default_cache_dir, resolve_device
+from .extract import resolve_device
+from .fit import default_runs_dir
 from .layers import node_names
 from .runtime import tune_cpu_allocator
 from .sources import ImageDataset, ImageSource, collate_items, open_source
@@ -115,7 +116,7 @@ class FinetuneConfig:
         freeze_bn: keep the BatchNorm statistics of trainable layers as pretrained.
         val_fraction: share of the training images held out when the source has no val.
         limit: first N images of each split only (quick experiments).
-        out: run folder; default ``<cache>/runs/<source>-<model>-strategy<N>-<time>``.
+        out: run folder; default ``runs/<source>-<model>-strategy<N>-<time>`` (``$CNNCODES_RUNS``).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
         amp: mixed precision; default on for CUDA.
         seed: makes CPU runs repeatable (initialisation, shuffling, augmentation).
@@ -247,7 +248,7 @@ def _run_dir(config: FinetuneConfig, source: ImageSource) -> Path:
         return Path(config.out)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"{source.name}-{config.model.replace(':', '_')}-strategy{config.strategy}-{stamp}"
-    return default_cache_dir() / "runs" / name
+    return default_runs_dir() / name
 
 
 def _describe(model: nn.Module, head_path: str, trainable_groups: list[str], start: str) -> str:
