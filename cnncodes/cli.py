@@ -28,6 +28,13 @@ class CnnCodesGroup(click.Group):
         except CnnCodesError as error:
             click.echo(f"Error: {error}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            # Extraction keeps every finished part file; the same command picks them up.
+            click.echo(
+                "\nInterrupted. Finished work is kept: run the same command again to resume.",
+                err=True,
+            )
+            sys.exit(130)
 
 
 # --- options shared by several commands, defined once -------------------------------------

@@ -109,3 +109,15 @@ def test_pooling() -> None:
     assert pool_codes(maps, "none").shape == (2, 12)
     with pytest.raises(CnnCodesError, match="Pooling 'sum' is not one of avg, max, avgmax, none"):
         pool_codes(maps, "sum")
+
+
+def test_timm_models_use_the_same_interface() -> None:
+    backbone = load_backbone("timm:resnet18", "none")
+    assert backbone.family == "timm" and backbone.weights == "none"
+    (name,) = resolve_layers(backbone, [-2])
+    with torch.inference_mode():
+        codes = CodeExtractor(backbone, [name])(torch.zeros(1, 3, 224, 224))
+    assert codes[name].shape == (1, 512)
+    assert backbone.transform.mean == [0.485, 0.456, 0.406]
+    with pytest.raises(CnnCodesError, match="Unknown timm model 'resnet1800'"):
+        load_backbone("timm:resnet1800", "none")

@@ -181,3 +181,14 @@ def test_cuda_extraction_matches_cpu_codes(tiny_folder: Path, tmp_path: Path) ->
         X, Y = a.codes(), b.codes()
         cosine = (X * Y).sum(1) / (np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=1))
         assert cosine.min() > 0.99
+
+
+def test_cli_interrupt_says_how_to_resume(runner, tiny_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys.modules["cnncodes.extract"], "_run", interrupted)
+    result = runner.invoke(main, ["extract", str(tiny_folder), "--model", "resnet18", "--weights", "none",
+                                  "--out", str(tmp_path / "x.h5")])
+    assert result.exit_code == 130
+    assert "run the same command again to resume" in result.output
