@@ -19,8 +19,8 @@ from .backbones import DEFAULT_MODEL, load_backbone
 from .errors import CnnCodesError
 from .extract import extract
 from .finetune import FinetuneConfig, FinetuneResult, finetune
-from .fit import default_runs_dir
 from .layers import node_names, resolve_layer
+from .paths import default_runs_dir
 from .sources import open_source
 from .surgery import install_head, layer_groups
 from .trainer import MemoryMonitor, plot_curves

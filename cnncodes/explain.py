@@ -31,6 +31,7 @@ from torch import nn
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .errors import CnnCodesError
 from .layers import _fx, node_names, resolve_layer
+from .paths import safe_name
 
 __all__ = [
     "EXPLAIN_KINDS",
@@ -435,7 +436,7 @@ def explain(config: ExplainConfig | None = None, /, **options: Any) -> list[Path
     used: set[str] = set()
     if config.kind == "filters":
         name, kernels = first_conv_filters(backbone)
-        path = _unique_path(out, f"{_safe(backbone.name)}-filters", used)
+        path = _unique_path(out, f"{safe_name(backbone.name)}-filters", used)
         title = f"{_model_label(backbone)}: first conv layer {name!r}"
         figures.plot_filters(kernels, path, title=title)
         return [path]
@@ -447,21 +448,21 @@ def explain(config: ExplainConfig | None = None, /, **options: Any) -> list[Path
         shown = figures.displayable(x[0], backbone.transform)
         if config.kind == "saliency":
             result = saliency(backbone.model, x, config.target, backbone.categories)
-            path = _unique_path(out, f"{_safe(source.stem)}-saliency", used)
+            path = _unique_path(out, f"{safe_name(source.stem)}-saliency", used)
             figures.plot_attribution(
                 shown, result, path, kind="saliency",
                 title=_title(backbone, source, result, "saliency"),
             )
         elif config.kind == "gradcam":
             result = gradcam(backbone, x, config.layer, config.target)
-            path = _unique_path(out, f"{_safe(source.stem)}-gradcam-{_safe(result.layer)}", used)
+            path = _unique_path(out, f"{safe_name(source.stem)}-gradcam-{safe_name(result.layer)}", used)
             figures.plot_attribution(
                 shown, result, path, kind="gradcam",
                 title=_title(backbone, source, result, f"Grad-CAM at {result.layer}"),
             )
         else:
             name, maps, channels = activation_maps(backbone, x, config.layer)
-            path = _unique_path(out, f"{_safe(source.stem)}-activations-{_safe(name)}", used)
+            path = _unique_path(out, f"{safe_name(source.stem)}-activations-{safe_name(name)}", used)
             figures.plot_activation_grid(
                 maps[: config.top], channels[: config.top], path,
                 title=f"{source.name}: {_model_label(backbone)}, layer {name!r} "
@@ -487,6 +488,3 @@ def _model_label(backbone: Backbone) -> str:
         weights = weights.split(":", 1)[0] + ":" + Path(weights.split(":", 1)[1]).name
     return f"{backbone.name}, weights {weights}"
 
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -21,16 +21,12 @@ from . import __version__
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .errors import CnnCodesError
 from .layers import LARGE_CODE_DIM, POOLINGS, CodeExtractor, resolve_layers
+from .paths import default_cache_dir, safe_name
 from .runtime import tune_cpu_allocator
 from .sources import ImageDataset, ImageSource, collate_items, open_source
 from .store import CodeStore, PartWriter, assemble_store
 
 __all__ = ["ExtractConfig", "ExtractResult", "extract", "default_cache_dir", "resolve_device"]
-
-
-def default_cache_dir() -> Path:
-    """``$CNNCODES_CACHE`` or ``./cache``: where stores go when no ``out`` is given."""
-    return Path(os.environ.get("CNNCODES_CACHE", "cache"))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -120,10 +116,6 @@ def _store_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractResult:
     """Extract codes of ``config.layers`` for every image of ``config.source``.
 
@@ -170,7 +162,7 @@ def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractRe
     }
     key = _store_key(key_parts)
     out = Path(config.out) if config.out else (
-        default_cache_dir() / f"{_safe(source.name)}-{_safe(backbone.name)}-{key}.h5"
+        default_cache_dir() / f"{safe_name(source.name)}-{safe_name(backbone.name)}-{key}.h5"
     )
     hit = _cache_hit(out, key, overwrite=config.overwrite, explicit=config.out is not None)
     if hit is not None:

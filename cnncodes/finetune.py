@@ -28,8 +28,8 @@ from . import __version__
 from .backbones import DEFAULT_MODEL, load_backbone
 from .errors import CnnCodesError
 from .extract import resolve_device
-from .fit import default_runs_dir
 from .layers import node_names
+from .paths import FINETUNE_FILE, default_runs_dir
 from .runtime import tune_cpu_allocator
 from .sources import ImageDataset, ImageSource, collate_items, open_source
 from .surgery import HEAD_GROUP, install_head, layer_groups, unfrozen_groups
@@ -60,7 +60,6 @@ __all__ = [
     "predict_run",
 ]
 
-FINETUNE_FILE = "finetune.json"
 CHECKPOINT_FILE = "model.pt"
 STRATEGIES = (3, 4)
 OPTIMIZERS = ("adamw", "sgd")

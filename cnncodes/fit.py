@@ -29,6 +29,7 @@ from sklearn.preprocessing import Normalizer
 from . import __version__
 from .errors import CnnCodesError
 from .model import PREDICTIONS_FILE, save_model
+from .paths import default_runs_dir, safe_name
 from .search import SearchResult, search_pipeline
 from .store import CodeStore
 
@@ -36,11 +37,6 @@ __all__ = ["FitConfig", "FitResult", "fit_pipeline", "load_pipeline_module", "de
            "REFIT_CHOICES"]
 
 REFIT_CHOICES = ("train", "train+val")
-
-
-def default_runs_dir() -> Path:
-    """``$CNNCODES_RUNS`` or ``./runs``: where run folders go when no ``out`` is given."""
-    return Path(os.environ.get("CNNCODES_RUNS", "runs"))
 
 
 def _pipeline_names() -> list[str]:
@@ -147,10 +143,6 @@ class FitResult:
     metadata: dict[str, Any] = field(repr=False)
     pipeline: Pipeline = field(repr=False)
     search: SearchResult = field(repr=False)
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _seeded(pipeline: Pipeline, seed: int) -> Pipeline:
@@ -315,8 +307,9 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
     metrics = _metrics(final, X, y, rows, fit_rows, held_out, found, config, selection, dim)
     metrics["fit_seconds"] = round(fit_seconds, 3)
     metrics["search_seconds"] = round(found.seconds, 3)
-    run_dir = Path(config.out) if config.out else default_runs_dir() / _run_name(store, config, layer)
     clf_name = Path(config.clf).stem if config.clf.endswith(".py") else config.clf
+    run_dir = Path(config.out) if config.out else default_runs_dir() / _run_name(
+        store, config, clf_name, layer)
     row = {
         "run": run_dir.name, "backbone": store.attrs.get("backbone"),
         "weights": store.attrs.get("weights"), "layer": layer, "pipeline": clf_name,
@@ -332,16 +325,15 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
     return FitResult(run_dir, model_path, found.best_params, metrics, row, metadata, final, found)
 
 
-def _run_name(store: CodeStore, config: FitConfig, layer: str) -> str:
-    clf = Path(config.clf).stem if config.clf.endswith(".py") else config.clf
-    name = f"{store.path.stem}-{clf}-{layer}"
+def _run_name(store: CodeStore, config: FitConfig, clf_name: str, layer: str) -> str:
+    name = f"{store.path.stem}-{clf_name}-{layer}"
     if config.pca is not None:
         name += f"-pca{config.pca}"
     if config.l2norm:
         name += "-l2norm"
     if config.refit_on != "train":
         name += "-trainval"
-    return _safe(name)
+    return safe_name(name)
 
 
 def _held_out_predictions(final: Pipeline, X: np.ndarray, y: np.ndarray,

@@ -11,11 +11,10 @@ import numpy as np
 import pandas as pd
 
 from .model import FittedModel, load_model
+from .paths import FINETUNE_FILE
 from .store import CodeStore
 
-__all__ = ["predict", "FINETUNE_FILE"]
-
-FINETUNE_FILE = "finetune.json"
+__all__ = ["predict"]
 
 
 def _is_code_store(path: Path) -> bool:

@@ -19,6 +19,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from .errors import CnnCodesError
 from .model import METADATA_FILE, PREDICTIONS_FILE
+from .paths import FINETUNE_FILE
 
 __all__ = ["RUN_COLUMNS", "FORMATS", "run_table", "per_class_table", "confusion_table",
            "format_table", "report", "read_run"]
@@ -29,7 +30,7 @@ RUN_COLUMNS = (
     "mean_per_class_accuracy", "macro_f1", "fit_seconds",
 )
 FORMATS = ("md", "csv", "latex", "html")
-RUN_FILES = (METADATA_FILE, "finetune.json")
+RUN_FILES = (METADATA_FILE, FINETUNE_FILE)
 
 
 def read_run(run: str | os.PathLike[str]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from torch import nn
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .errors import CnnCodesError
 from .layers import POOLINGS, list_layers, node_names, resolve_layers
+from .paths import safe_name
 from .store import CodeStore
 
 __all__ = [
@@ -213,10 +214,6 @@ class SweepResult:
     run_dirs: dict[str, Path]
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def _log(config: SweepConfig, message: str) -> None:
     if config.progress:
         print(f"[sweep] {message}", flush=True)
@@ -283,7 +280,7 @@ def sweep(config: SweepConfig | None = None, /, **options: Any) -> SweepResult:
     with CodeStore(store_path) as store:
         dims = {name: store.dim(name) for name in layers}
         attrs = store.attrs
-    out = Path(config.out) if config.out else Path("sweeps") / _safe(
+    out = Path(config.out) if config.out else Path("sweeps") / safe_name(
         f"{store_path.stem}-{Path(config.clf).stem}"
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -293,7 +290,7 @@ def sweep(config: SweepConfig | None = None, /, **options: Any) -> SweepResult:
         pca = config.pca if config.pca is not None and config.pca < dims[name] else None
         fitted = fit_pipeline(
             store_path, clf=config.clf, layer=name, cv=config.cv, pca=pca,
-            l2norm=config.l2norm, out=out / "runs" / _safe(name), refit_on=config.refit_on,
+            l2norm=config.l2norm, out=out / "runs" / safe_name(name), refit_on=config.refit_on,
             seed=config.seed, progress=False,
         )
         metrics = fitted.metrics
