@@ -30,7 +30,7 @@ from torch import nn
 
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .errors import CnnCodesError
-from .layers import _fx, node_names, resolve_layer
+from .layers import _fx, is_spatial, list_layers, node_names, parse_index, resolve_layer
 from .paths import safe_name
 
 __all__ = [
@@ -142,10 +142,7 @@ def resolve_target(
     if target is None:
         return int(logits.reshape(-1, n_classes)[0].argmax())
     text = str(target).strip()
-    try:
-        index = int(text)
-    except ValueError:
-        index = None
+    index = parse_index(text)
     if index is not None:
         if not 0 <= index < n_classes:
             raise CnnCodesError(
@@ -210,10 +207,6 @@ def saliency(
     return Attribution(heat, index, score, probability, predicted)
 
 
-def _spatial(shape: Sequence[int]) -> bool:
-    return len(shape) == 3 and shape[1] * shape[2] > 1
-
-
 # Tracing a network with FX takes seconds; explaining many images reuses one trace per
 # (model, layer). Weak keys: a model that is dropped frees its traces.
 _TRACES: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
@@ -227,17 +220,7 @@ def last_spatial_layer(backbone: Backbone) -> str:
     """The last node whose output is a spatial map: the usual Grad-CAM layer."""
     cache = _traces(backbone)
     if "last spatial" not in cache:
-        names = node_names(backbone)
-        body = _fx(backbone).create_feature_extractor(
-            backbone.model, return_nodes={n: n for n in names}
-        ).eval()
-        size = backbone.input_size
-        with torch.inference_mode():
-            outputs = body(torch.zeros(1, 3, size, size))
-        spatial = [
-            n for n in names[1:]
-            if isinstance(outputs.get(n), torch.Tensor) and _spatial(outputs[n].shape[1:])
-        ]
+        spatial = [info.name for info in list_layers(backbone)[1:] if is_spatial(info.shape)]
         if not spatial:
             raise CnnCodesError(
                 f"{backbone.name} has no layer with a spatial map; Grad-CAM and activation "
@@ -270,7 +253,7 @@ def _layer_and_logits(
     name, body = _tap(backbone, layer)
     outputs = body(x)
     activation = outputs.get("layer", outputs["logits"])
-    if not isinstance(activation, torch.Tensor) or not _spatial(activation.shape[1:]):
+    if not isinstance(activation, torch.Tensor) or not is_spatial(activation.shape[1:]):
         shape = tuple(activation.shape[1:]) if isinstance(activation, torch.Tensor) else None
         raise CnnCodesError(
             f"Layer {name!r} of {backbone.name} gives output shape {shape}, not a conv map "

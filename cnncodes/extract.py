@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .errors import CnnCodesError
-from .layers import LARGE_CODE_DIM, POOLINGS, CodeExtractor, resolve_layers
+from .layers import LARGE_CODE_DIM, CodeExtractor, check_pool, resolve_layers
 from .paths import default_cache_dir, safe_name
 from .runtime import tune_cpu_allocator
 from .sources import ImageDataset, ImageSource, collate_items, open_source
@@ -83,8 +83,7 @@ class ExtractConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.pool not in POOLINGS:
-            raise CnnCodesError(f"Pooling {self.pool!r} is not one of {', '.join(POOLINGS)}.")
+        check_pool(self.pool)
         if self.batch_size < 1:
             raise CnnCodesError(f"batch_size must be at least 1; got {self.batch_size!r}.")
         if self.part_size < 1:

@@ -20,8 +20,11 @@ __all__ = [
     "POOLINGS",
     "LayerInfo",
     "CodeExtractor",
+    "check_pool",
+    "is_spatial",
     "list_layers",
     "node_names",
+    "parse_index",
     "pool_codes",
     "resolve_layer",
     "resolve_layers",
@@ -38,6 +41,30 @@ class LayerInfo:
     index: int
     name: str
     shape: tuple[int, ...] | None
+
+
+def check_pool(pool: str) -> str:
+    """``pool`` itself when it is one of :data:`POOLINGS`.
+
+    Raises:
+        CnnCodesError: any other value, naming the allowed ones.
+    """
+    if pool not in POOLINGS:
+        raise CnnCodesError(f"Pooling {pool!r} is not one of {', '.join(POOLINGS)}.")
+    return pool
+
+
+def is_spatial(shape: Sequence[int] | None) -> bool:
+    """Whether a per-image output shape is a map ``C x H x W`` with more than one location."""
+    return shape is not None and len(shape) == 3 and shape[1] * shape[2] > 1
+
+
+def parse_index(text: str | int) -> int | None:
+    """``text`` as an integer layer index, or None when it is a name."""
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        return None
 
 
 def node_names(backbone: Backbone) -> list[str]:
@@ -65,10 +92,7 @@ def resolve_layer(backbone: Backbone, spec: int | str, names: Sequence[str] | No
     """
     names = list(names) if names is not None else node_names(backbone)
     text = str(spec).strip()
-    try:
-        index = int(text)
-    except ValueError:
-        index = None
+    index = parse_index(text)
     if index is not None:
         if not -len(names) <= index < len(names):
             raise CnnCodesError(
@@ -110,8 +134,7 @@ def pool_codes(tensor: torch.Tensor, pool: str) -> torch.Tensor:
     ``[N, C, H, W]`` maps are pooled over space; ``[N, T, C]`` token sequences over tokens;
     ``[N, D]`` vectors are returned as they are. ``none`` flattens everything.
     """
-    if pool not in POOLINGS:
-        raise CnnCodesError(f"Pooling {pool!r} is not one of {', '.join(POOLINGS)}.")
+    check_pool(pool)
     if tensor.ndim <= 2:
         return tensor.reshape(tensor.shape[0], -1)
     if pool == "none":
@@ -129,8 +152,7 @@ class CodeExtractor(nn.Module):
 
     def __init__(self, backbone: Backbone, layers: Sequence[str], pool: str = "avg") -> None:
         super().__init__()
-        if pool not in POOLINGS:
-            raise CnnCodesError(f"Pooling {pool!r} is not one of {', '.join(POOLINGS)}.")
+        check_pool(pool)
         self.layers = list(layers)
         self.pool = pool
         self.body = _fx(backbone).create_feature_extractor(

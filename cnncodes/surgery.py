@@ -17,7 +17,7 @@ from torch import nn
 
 from .backbones import Backbone
 from .errors import CnnCodesError
-from .layers import resolve_layer
+from .layers import parse_index, resolve_layer
 
 __all__ = ["HEAD_GROUP", "LayerGroup", "install_head", "layer_groups", "unfrozen_groups"]
 
@@ -235,7 +235,7 @@ def unfrozen_groups(
         text = str(unfreeze_from).strip()
         resolved = resolve_layer(backbone, text, names)
         inside = [i for i, n in enumerate(names) if n.startswith(text + ".")]
-        is_container = text not in names and inside and not _is_int(text)
+        is_container = text not in names and inside and parse_index(text) is None
         start = inside[0] if is_container else list(names).index(resolved)
     trainable: dict[str, list[str]] = {}
     for group in body:
@@ -244,10 +244,3 @@ def unfrozen_groups(
             trainable[group.name] = params
     return trainable, names[start]
 
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True

@@ -19,7 +19,7 @@ from torch import nn
 
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .errors import CnnCodesError
-from .layers import POOLINGS, list_layers, node_names, resolve_layers
+from .layers import check_pool, is_spatial, list_layers, node_names, resolve_layers
 from .paths import safe_name
 from .store import CodeStore
 
@@ -34,10 +34,6 @@ __all__ = [
 
 DEFAULT_STAGES = 4
 STORE_SUFFIXES = (".h5", ".hdf5")
-
-
-def _spatial(shape: tuple[int, ...] | None) -> bool:
-    return shape is not None and len(shape) == 3 and shape[1] * shape[2] > 1
 
 
 def stage_outputs(backbone: Backbone) -> list[str]:
@@ -73,7 +69,7 @@ def stage_outputs(backbone: Backbone) -> list[str]:
             inside = members(child)
             # Inside a split body container, a single-node child (torchvision's stem
             # ``features.0``) is a stage too; at the top level it is just a layer.
-            if not inside and prefix and _spatial(shapes.get(child)):
+            if not inside and prefix and is_spatial(shapes.get(child)):
                 stages.append(child)
                 continue
             if len(inside) < 2:
@@ -81,13 +77,13 @@ def stage_outputs(backbone: Backbone) -> list[str]:
             containers = [c for c in children(child) if len(members(c)) >= 2]
             if len(containers) >= 2 and len(inside) > len(names) / 2:
                 visit(child)
-            elif _spatial(shapes[inside[-1]]):
+            elif is_spatial(shapes[inside[-1]]):
                 stages.append(inside[-1])
 
     visit("")
     if len(stages) >= 3:
         return stages
-    spatial = [n for n in names[1:] if _spatial(shapes[n])]
+    spatial = [n for n in names[1:] if is_spatial(shapes[n])]
     return [
         name for name, after in zip(spatial, spatial[1:] + [""])
         if not after or shapes[after][1:] != shapes[name][1:]  # type: ignore[index]
@@ -189,8 +185,7 @@ class SweepConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.pool not in POOLINGS:
-            raise CnnCodesError(f"Pooling {self.pool!r} is not one of {', '.join(POOLINGS)}.")
+        check_pool(self.pool)
 
 
 @dataclass
