@@ -22,7 +22,7 @@ from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .errors import CnnCodesError
 from .layers import LARGE_CODE_DIM, CodeExtractor, check_pool, resolve_layers
 from .paths import default_cache_dir, safe_name
-from .runtime import tune_cpu_allocator
+from .runtime import amp_dtype, tune_cpu_allocator
 from .sources import ImageDataset, ImageSource, collate_items, open_source
 from .store import CodeStore, PartWriter, assemble_store
 
@@ -137,7 +137,7 @@ def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractRe
     layers = resolve_layers(backbone, config.layers)
     device = resolve_device(config.device)
     amp = device.type == "cuda" if config.amp is None else config.amp
-    precision = _amp_dtype(device) if amp else torch.float32
+    precision = amp_dtype(device) if amp else torch.float32
 
     extractor = CodeExtractor(backbone, layers, config.pool)
     dims = _code_dims(extractor, backbone)
@@ -208,12 +208,6 @@ def default_workers(device: torch.device) -> int:
     if device.type == "cuda":
         return min(8, max(1, cores - 1))
     return 0 if cores <= 2 else min(4, cores // 2)
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
 def _code_dims(extractor: CodeExtractor, backbone: Backbone) -> dict[str, int]:

@@ -30,7 +30,7 @@ from .errors import CnnCodesError
 from .extract import resolve_device
 from .layers import node_names
 from .paths import FINETUNE_FILE, default_runs_dir
-from .runtime import tune_cpu_allocator
+from .runtime import amp_dtype, tune_cpu_allocator
 from .sources import ImageDataset, ImageSource, collate_items, open_source
 from .surgery import HEAD_GROUP, install_head, layer_groups, unfrozen_groups
 from .trainer import (
@@ -354,7 +354,8 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
 
     steps = config.epochs * len(train_batches)
     scheduler = build_scheduler(optimizer, name=config.schedule, total_steps=steps)
-    scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
+    # Loss scaling is for float16 only; bfloat16 has float32's range.
+    scaler = torch.amp.GradScaler("cuda") if amp and amp_dtype(device) == torch.float16 else None
     history: list[EpochRecord] = []
     best: tuple[float, float] = (-1.0, float("inf"))
     best_epoch, waited = 0, 0

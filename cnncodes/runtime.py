@@ -1,4 +1,6 @@
-"""Process-level tuning for CPU inference and training.
+"""Process- and device-level settings for inference and training.
+
+:func:`amp_dtype` is the one answer to "which half precision on this device".
 
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh
 ``mmap`` and gives it back with ``munmap`` on free, and trims the heap top after frees.
@@ -16,12 +18,22 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_cpu_allocator"]
+import torch
+
+__all__ = ["amp_dtype", "tune_cpu_allocator"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 1 << 30
 _tuned: bool | None = None
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype for ``--amp`` on ``device``: bfloat16 where the hardware has it
+    (CPUs, recent GPUs), float16 on older GPUs."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 def tune_cpu_allocator() -> bool:

@@ -86,6 +86,20 @@ class ImageSource:
                 image.draft("RGB", (image.width // scale, image.height // scale))
             return image.convert("RGB")
 
+    def read(self, item: Item) -> tuple[Image.Image | None, str]:
+        """Decode one item, or ``(None, reason)`` for a file that cannot be used.
+
+        This is the bad-image policy every reader shares: a listed skip keeps its reason,
+        a file that fails to decode is reported as unreadable, nothing raises.
+        """
+        if item.skip_reason:
+            return None, item.skip_reason
+        try:
+            return self.open_image(item), ""
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+            reason = str(error).split("\n")[0] or error.__class__.__name__
+            return None, f"unreadable image: {reason}"
+
     def summary(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for item in self.items:
@@ -279,15 +293,10 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
         position = self.positions[i]
-        item = self.source.items[position]
-        if item.skip_reason:
-            return position, None, item.skip_reason
-        try:
-            image = self.source.open_image(item)
-            return position, self.transform(image), ""
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-            reason = str(error).split("\n")[0] or error.__class__.__name__
-            return position, None, f"unreadable image: {reason}"
+        image, reason = self.source.read(self.source.items[position])
+        if image is None:
+            return position, None, reason
+        return position, self.transform(image), ""
 
 
 def collate_items(batch: list[tuple[int, torch.Tensor | None, str]]) -> dict[str, Any]:

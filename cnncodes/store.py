@@ -140,7 +140,7 @@ def assemble_store(
                     datasets[name][row: row + count] = part[f"codes/{name}"][:]
                 skipped += zip(
                     part["skipped_positions"][:].tolist(),
-                    [r.decode() if isinstance(r, bytes) else r for r in part["skipped_reasons"][:]],
+                    _decode(part["skipped_reasons"][:]),
                 )
                 row += count
         order: list[int] = positions.tolist()

@@ -13,7 +13,6 @@ import csv
 import math
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from torchvision.transforms._presets import ImageClassification
 from tqdm.auto import tqdm
 
 from .errors import CnnCodesError
+from .runtime import amp_dtype
 from .sources import ImageSource
 
 __all__ = [
@@ -76,8 +76,8 @@ class ImageBank:
     ``side=None`` keeps the decoded image as it is, so that the eval transform sees
     exactly what it sees at prediction time (val and test images).
 
-    Unreadable images are skipped and reported in :attr:`skipped` as (path, reason),
-    following the bad-image policy of :class:`cnncodes.sources.ImageDataset`.
+    Unreadable images are skipped and reported in :attr:`skipped` as (path, reason), by
+    the bad-image policy of :meth:`cnncodes.sources.ImageSource.read`.
     """
 
     def __init__(self, source: ImageSource, positions: Sequence[int], side: int | None,
@@ -89,14 +89,9 @@ class ImageBank:
         for position in tqdm(positions, desc=desc, unit="img", disable=not progress,
                              leave=False, dynamic_ncols=True):
             item = source.items[position]
-            if item.skip_reason:
-                self.skipped.append((item.path, item.skip_reason))
-                continue
-            try:
-                image = source.open_image(item)
-            except (OSError, ValueError, SyntaxError) as error:
-                reason = str(error).split("\n")[0] or error.__class__.__name__
-                self.skipped.append((item.path, f"unreadable image: {reason}"))
+            image, reason = source.read(item)
+            if image is None:
+                self.skipped.append((item.path, reason))
                 continue
             scale = side / min(image.size) if side else 1.0
             if side and scale < 1:
@@ -230,8 +225,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, name: str, total_steps:
 def _autocast(device: torch.device, amp: bool) -> Any:
     if not amp:
         return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=amp_dtype(device))
 
 
 def train_epoch(
@@ -413,6 +407,3 @@ class MemoryMonitor:
         text = f"{self.peak_rss_mib:.0f} MiB RSS"
         return text + (f", {self.peak_cuda_mib:.0f} MiB GPU" if self.peak_cuda_mib else "")
 
-
-def elapsed(started: float) -> float:
-    return time.perf_counter() - started
