@@ -14,6 +14,13 @@ follows too:
 
 from __future__ import annotations
 
-__all__ = ["NAMES"]
+import numpy as np
+
+__all__ = ["LINEAR_PROBE_C", "NAMES"]
 
 NAMES = ("logreg", "linear_svm", "rbf_svm", "mlp", "knn")
+
+# Linear-probe studies tune C over 1e-6..1e5; the best value moves by orders of magnitude
+# between data sets, so the grid is wide and log-spaced (two values per decade). Shared by
+# every linear pipeline so that their chosen C values are comparable.
+LINEAR_PROBE_C: list[float] = np.logspace(-6, 5, 23).tolist()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+from cnncodes.pipelines import LINEAR_PROBE_C
+
 __all__ = ["build", "search_space", "path_parameter"]
 
-search_space: dict[str, list[Any]] = {"classifier__C": np.logspace(-6, 5, 23).tolist()}
+search_space: dict[str, list[Any]] = {"classifier__C": LINEAR_PROBE_C}
 # liblinear cannot warm-start, but the path still stops early once large C overfits
 # (those are the slowest fits).
 path_parameter = "classifier__C"

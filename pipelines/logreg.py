@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cnncodes.pipelines import LINEAR_PROBE_C
+
 __all__ = ["build", "search_space", "path_parameter"]
 
-# Linear-probe studies tune C over 1e-6..1e5; the best value moves by orders of magnitude
-# between data sets, so the grid is wide and log-spaced (two values per decade).
-search_space: dict[str, list[Any]] = {"classifier__C": np.logspace(-6, 5, 23).tolist()}
+search_space: dict[str, list[Any]] = {"classifier__C": LINEAR_PROBE_C}
 path_parameter = "classifier__C"
 
 
