@@ -28,6 +28,15 @@ class CnnCodesGroup(click.Group):
         except CnnCodesError as error:
             click.echo(f"Error: {error}", err=True)
             sys.exit(2)
+        except OSError as error:
+            # Disk full, permissions, a vanished folder: one line; finished parts are kept.
+            where = f": {error.filename}" if getattr(error, "filename", None) else ""
+            click.echo(
+                f"Error: I/O error ({error.strerror or error}){where}; nothing was written "
+                "under the final name. Fix it and run the same command again to resume.",
+                err=True,
+            )
+            sys.exit(1)
         except KeyboardInterrupt:
             # Extraction keeps every finished part file; the same command picks them up.
             click.echo(
@@ -141,15 +150,23 @@ def layers(model: str, weights: str, pool: str) -> None:
 @device_option
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on for CUDA).")
 @click.option("--limit", type=int, help="Only the first N images of each split.")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Folder that relative paths in a CSV manifest start from (default: the "
+              "manifest's folder).")
+@click.option("--max-pixels", type=int,
+              help="Skip images with more pixels than this as decompression bombs "
+              "(default 178,956,970, PIL's limit).")
 @click.option("--part-size", default=512, show_default=True, help="Images per crash-safe part file.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out made with other settings.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary on stderr.")
 def extract(source: str, layers: tuple[str, ...], quiet: bool, **options: Any) -> None:
-    """Extract CNN codes of SOURCE into an HDF5 code store.
+    """Extract CNN codes of SOURCE into an HDF5 code store; print the store's path.
 
     SOURCE is an image folder (class sub-folders, optionally under train/val/test), a CSV
-    manifest (path,label[,split]) or a folder with MNIST-style idx files. The same command
-    twice is a cache hit; a killed run resumes where it stopped.
+    manifest (path,label[,split]), a folder with MNIST-style idx files, or the built-in
+    sklearn:digits (1,797 real 8x8 digits shipped with scikit-learn). The same command
+    twice is a cache hit; a killed run resumes where it stopped. stdout carries only the
+    store's path; the summary and every skipped file go to stderr.
     """
     from .extract import ExtractConfig
     from .extract import extract as run_extract
@@ -160,52 +177,74 @@ def extract(source: str, layers: tuple[str, ...], quiet: bool, **options: Any) -
         f"{result.n_images} images in {result.seconds:.1f}s ({result.images_per_second:.1f} img/s)"
         + (f", resumed at image {result.resumed_from}" if result.resumed_from else "")
     )
-    click.echo(f"{result.path}: {status}")
-    for name in result.layers:
-        click.echo(f"  layer {name}: {result.n_images} x {result.dims[name]}")
-    if result.skipped:
-        click.echo(f"  skipped {len(result.skipped)} file(s):")
+    if not quiet:
+        click.echo(f"{result.path}: {status}", err=True)
+        for name in result.layers:
+            click.echo(f"  layer {name}: {result.n_images} x {result.dims[name]}", err=True)
+    if result.skipped:  # never silent, even with --quiet
+        click.echo(f"  skipped {len(result.skipped)} file(s):", err=True)
         for path, reason in result.skipped:
-            click.echo(f"    {path}: {reason}")
+            click.echo(f"    {path}: {reason}", err=True)
     for note in result.warnings:
         click.echo(f"  warning: {note}", err=True)
+    click.echo(str(result.path))
 
 
 @main.command()
 @click.argument("store", type=click.Path())
-def info(store: str) -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Plain text for reading, or one JSON object.")
+def info(store: str, fmt: str) -> None:
     """Show what is inside a code store: source, backbone, layers, splits, skipped images."""
     import collections
+    import json
 
     from .store import CodeStore
 
     with CodeStore(store) as codes:
         attrs = codes.attrs
-        for key in ("backbone", "weights", "weights_sha256", "pooling", "preprocessing",
-                    "source", "source_kind", "source_fingerprint", "precision",
-                    "cnncodes_version", "created"):
-            click.echo(f"{key:>18}: {attrs.get(key, '')}")
-        specs = attrs.get("layer_specs", [])
-        for index, name in enumerate(codes.layers):
-            spec = f" (as --layer {specs[index]})" if index < len(specs) else ""
-            click.echo(f"{'layer':>18}: {name}{spec}: {len(codes)} x {codes.dim(name)}")
-        labels = collections.Counter(codes.labels.tolist())
         classes = codes.classes
-        click.echo(f"{'classes':>18}: " + ", ".join(
-            f"{classes[i] if 0 <= i < len(classes) else 'unlabeled'} {n}" for i, n in sorted(labels.items())
-        ))
+        labels = collections.Counter(codes.labels.tolist())
         split = codes.split
-        if split is not None:
-            click.echo(f"{'split':>18}: " + ", ".join(
-                f"{s} {n}" for s, n in collections.Counter(split.tolist()).items()
-            ))
-        for path, reason in codes.skipped:
-            click.echo(f"{'skipped':>18}: {path}: {reason}")
+        summary: dict[str, Any] = {
+            key: attrs.get(key, "") for key in (
+                "backbone", "weights", "weights_sha256", "pooling", "preprocessing", "source",
+                "source_kind", "source_fingerprint", "precision", "cnncodes_version", "created",
+            )
+        }
+        specs = attrs.get("layer_specs", [])
+        summary["layers"] = [
+            {"name": name, "spec": specs[i] if i < len(specs) else None, "rows": len(codes),
+             "dim": codes.dim(name)}
+            for i, name in enumerate(codes.layers)
+        ]
+        summary["classes"] = {
+            (classes[i] if 0 <= i < len(classes) else "unlabeled"): n
+            for i, n in sorted(labels.items())
+        }
+        summary["split"] = dict(collections.Counter(split.tolist())) if split is not None else None
+        summary["skipped"] = [{"path": p, "reason": r} for p, r in codes.skipped]
+    if fmt == "json":
+        click.echo(json.dumps(summary, default=str, ensure_ascii=False))
+        return
+    for key, value in summary.items():
+        if key == "layers":
+            for layer in value:
+                spec = f" (as --layer {layer['spec']})" if layer["spec"] is not None else ""
+                click.echo(f"{'layer':>18}: {layer['name']}{spec}: {layer['rows']} x {layer['dim']}")
+        elif key in ("classes", "split"):
+            if value is not None:
+                click.echo(f"{key:>18}: " + ", ".join(f"{k} {n}" for k, n in value.items()))
+        elif key == "skipped":
+            for row in value:
+                click.echo(f"{'skipped':>18}: {row['path']}: {row['reason']}")
+        else:
+            click.echo(f"{key:>18}: {value}")
 
 
 # --- fit, predict, report: classical pipelines on the codes -------------------------------
 
-TABLE_FORMATS = ("md", "csv", "latex", "html")
+TABLE_FORMATS = ("md", "csv", "json", "latex", "html")
 
 
 @main.command()
@@ -224,37 +263,54 @@ TABLE_FORMATS = ("md", "csv", "latex", "html")
 @click.option("--seed", default=0, show_default=True, help="Random state of folds and estimators.")
 @click.option("--out", "-o", type=click.Path(), help="Run folder (default: runs/<store>-<clf>-<layer>).")
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True,
-              help="Format of the report row printed at the end.")
-@click.option("--quiet", "-q", is_flag=True, help="Only the final report row.")
+              help="Format of the result row printed on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr; only the result row.")
 def fit(store: str, quiet: bool, fmt: str, **options: Any) -> None:
-    """Train, tune (C on a log grid), evaluate and save a pipeline on the codes of STORE."""
+    """Train, tune (C on a log grid), evaluate and save a pipeline on the codes of STORE.
+
+    stdout carries the result row (--format); progress and the run folder go to stderr.
+    """
     import pandas as pd
 
     from .fit import fit_pipeline
     from .report import format_table
 
     result = fit_pipeline(store, progress=not quiet, **options)
-    click.echo(f"saved {result.model_path}")
+    if not quiet:
+        click.echo(f"saved {result.model_path}", err=True)
     click.echo(format_table(pd.DataFrame([result.row]), fmt))
 
 
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("source", type=click.Path())
-@click.option("--out", "-o", type=click.Path(), help="CSV to write (default: print it).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False),
+              help="Also write the predictions to this CSV file.")
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="csv", show_default=True,
+              help="Format of the predictions printed on stdout.")
 @click.option("--batch-size", "-b", default=32, show_default=True, help="Images per forward pass.")
 @device_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def predict(model: str, source: str, out: str | None, quiet: bool, **options: Any) -> None:
-    """Predict with run MODEL on SOURCE: images (extracted like the training codes) or a store."""
-    from .predict import predict as run_predict
+@click.option("--trust", "trusted", multiple=True,
+              help="A type name in the model file to load although it is not one of the "
+              "shipped pipelines' (only for files you made yourself). Repeatable.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
+def predict(model: str, source: str, out: str | None, fmt: str, quiet: bool,
+            **options: Any) -> None:
+    """Predict with run MODEL on SOURCE: images (extracted like the training codes) or a store.
 
+    stdout carries one row per image (--format); skipped files are listed on stderr.
+    """
+    from .predict import predict as run_predict
+    from .report import format_table
+
+    if not options["trusted"]:
+        options.pop("trusted")
     frame = run_predict(model, source, out, progress=not quiet, **options)
-    if out is None:
-        click.echo(frame.to_csv(index=False), nl=False)
-    else:
-        click.echo(f"{out}: {len(frame)} predictions")
-    for path, reason in frame.attrs.get("skipped", []):
+    skipped = frame.attrs.get("skipped", [])
+    click.echo(format_table(frame, fmt, digits=6), nl=fmt != "csv")
+    if out is not None and not quiet:
+        click.echo(f"{out}: {len(frame)} predictions", err=True)
+    for path, reason in skipped:
         click.echo(f"  skipped {path}: {reason}", err=True)
 
 
@@ -272,6 +328,10 @@ def report(runs: tuple[str, ...], fmt: str, out: str | None, **options: Any) -> 
     from .report import report as render
 
     text = render(list(runs), fmt=fmt, **options)
+    if out is not None:
+        from .paths import check_output_path
+
+        check_output_path(out)
     click.echo(text)
     if out is not None:
         Path(out).write_text(text + "\n", encoding="utf-8")
@@ -328,8 +388,11 @@ def unfreeze_option(function: F) -> F:
 @device_option
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on for CUDA).")
 @click.option("--seed", default=0, show_default=True, help="Makes CPU runs repeatable.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def finetune(source: str, strategy: str, head: str | None, quiet: bool, **options: Any) -> None:
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True,
+              help="Format of the result row printed on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr; only the result row.")
+def finetune(source: str, strategy: str, head: str | None, fmt: str, quiet: bool,
+             **options: Any) -> None:
     """Fine-tune a pretrained backbone on SOURCE (strategy 3 or 4).
 
     \b
@@ -339,23 +402,26 @@ def finetune(source: str, strategy: str, head: str | None, quiet: bool, **option
     """
     from .finetune import FinetuneConfig, parse_head
     from .finetune import finetune as run_finetune
+    from .report import format_table, run_table
 
     config = FinetuneConfig(
         source=source, strategy=int(strategy), head=parse_head(head), progress=not quiet, **options
     )
     result = run_finetune(config)
-    click.echo(f"{result.run_dir}: strategy {result.strategy}, trained {result.trained}")
-    click.echo(
-        f"  trainable parameters {result.trainable_params:,} of {result.total_params:,}; "
-        f"best epoch {result.best_epoch}/{len(result.history)}; {result.seconds:.0f}s"
-    )
-    test = f", test accuracy {result.test_accuracy:.4f}" if result.test_accuracy is not None else ""
-    click.echo(f"  val accuracy {result.val_accuracy:.4f} (loss {result.val_loss:.4f}){test}")
-    for group in result.groups:
-        if group["trainable_params"]:
-            click.echo(f"  group {group['group']}: lr {group['lr']:.2e}, {group['trainable_params']:,} params")
+    if not quiet:
+        click.echo(f"{result.run_dir}: strategy {result.strategy}, trained {result.trained}", err=True)
+        click.echo(
+            f"  trainable parameters {result.trainable_params:,} of {result.total_params:,}; "
+            f"best epoch {result.best_epoch}/{len(result.history)}; {result.seconds:.0f}s",
+            err=True,
+        )
+        for group in result.groups:
+            if group["trainable_params"]:
+                click.echo(f"  group {group['group']}: lr {group['lr']:.2e}, "
+                           f"{group['trainable_params']:,} params", err=True)
     for path, reason in result.skipped:
-        click.echo(f"  skipped {path}: {reason}")
+        click.echo(f"  skipped {path}: {reason}", err=True)
+    click.echo(format_table(run_table([result.run_dir]), fmt))
 
 
 @main.command()
@@ -390,7 +456,8 @@ def compare(source: str, layers: tuple[str, ...], head: str | None, fmt: str, qu
     )
     result = run_compare(config)
     click.echo(format_table(result.table, fmt))
-    click.echo(f"\nruns, compare.csv and curves.png in {result.out}", err=quiet)
+    if not quiet:
+        click.echo(f"runs, compare.csv and curves.png in {result.out}", err=True)
 
 
 # --- seeing inside the network (explain) and the layer sweep ---------------------------------
@@ -507,7 +574,7 @@ def explain_filters(**options: Any) -> None:
 @click.option("--workers", "-j", type=int, help="Decoding processes (default: spare cores on GPU; 0 on a CPU of 2 cores).")
 @device_option
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)
-@click.option("--quiet", "-q", is_flag=True, help="Only the table and the file paths.")
+@click.option("--quiet", "-q", is_flag=True, help="Only the table (on stdout); nothing on stderr.")
 def sweep(data: str, fmt: str, quiet: bool, **options: Any) -> None:
     """Accuracy of one pipeline on codes from several layers: the transferability curve.
 
@@ -520,8 +587,9 @@ def sweep(data: str, fmt: str, quiet: bool, **options: Any) -> None:
 
     result = run_sweep(SweepConfig(source=data, progress=not quiet, **options))
     click.echo(format_table(result.table, fmt))
-    for path in (result.table_path, result.markdown_path, result.plot_path):
-        click.echo(str(path))
+    if not quiet:
+        for path in (result.table_path, result.markdown_path, result.plot_path):
+            click.echo(f"wrote {path}", err=True)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import __version__
 from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .errors import CnnCodesError
 from .layers import LARGE_CODE_DIM, CodeExtractor, check_pool, resolve_layers
-from .paths import default_cache_dir, safe_name
+from .paths import check_output_path, default_cache_dir, exclusive, safe_name
+from .progress import Progress, log
 from .runtime import amp_dtype, tune_cpu_allocator
 from .sources import ImageDataset, ImageSource, collate_items, open_source
 from .store import CodeStore, PartWriter, assemble_store
@@ -62,6 +62,9 @@ class ExtractConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
         amp: mixed precision; default on for CUDA, off on CPU.
         limit: first N images of each split only.
+        root: folder that relative paths of a CSV manifest start from (default: the
+            manifest's own folder).
+        max_pixels: images with more pixels are skipped as decompression bombs.
         part_size: images per crash-safe part file (what a killed run can lose at most).
         overwrite: replace an existing store at ``out`` made with other settings.
         progress: show a tqdm progress bar.
@@ -78,6 +81,8 @@ class ExtractConfig:
     device: str = "auto"
     amp: bool | None = None
     limit: int | None = None
+    root: str | None = None
+    max_pixels: int | None = None
     part_size: int = 512
     overwrite: bool = False
     progress: bool = True
@@ -90,6 +95,8 @@ class ExtractConfig:
             raise CnnCodesError(f"part_size must be at least 1; got {self.part_size!r}.")
         if self.workers is not None and self.workers < 0:
             raise CnnCodesError(f"workers must be 0 or more; got {self.workers!r}.")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise CnnCodesError(f"max_pixels must be at least 1; got {self.max_pixels!r}.")
 
 
 @dataclass
@@ -132,7 +139,11 @@ def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractRe
     elif options:
         raise TypeError("Pass either an ExtractConfig or keyword options, not both.")
     started = time.perf_counter()
-    source = open_source(config.source, limit=config.limit)
+    source_options = {k: v for k, v in (("root", config.root), ("max_pixels", config.max_pixels))
+                      if v is not None}
+    source = open_source(config.source, limit=config.limit, **source_options)
+    if config.out:
+        check_output_path(config.out)
     backbone = load_backbone(config.model, config.weights)
     layers = resolve_layers(backbone, config.layers)
     device = resolve_device(config.device)
@@ -148,7 +159,7 @@ def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractRe
     ]
     for note in notes:
         warnings.warn(note, stacklevel=2)
-
+    notes += list(getattr(source, "warnings", []))
     key_parts = {
         "source_fingerprint": source.fingerprint,
         "backbone": backbone.name,
@@ -163,39 +174,73 @@ def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractRe
     out = Path(config.out) if config.out else (
         default_cache_dir() / f"{safe_name(source.name)}-{safe_name(backbone.name)}-{key}.h5"
     )
-    hit = _cache_hit(out, key, overwrite=config.overwrite, explicit=config.out is not None)
-    if hit is not None:
-        hit.seconds = time.perf_counter() - started
-        return hit
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    writer = PartWriter(out.with_name(out.name + ".parts"), {"store_key": key, **key_parts})
-    resumed_from = writer.done_until()
-    todo = range(resumed_from, len(source.items))
-    model_started = time.perf_counter()
-    if todo:
-        _run(config, source, backbone, extractor, device, precision, writer, todo)
-    attrs = {
-        "cnncodes_version": __version__,
-        "torch_version": torch.__version__,
-        "store_key": key,
-        **key_parts,
-        "layer_specs": [str(spec) for spec in config.layers],
-        "source": str(source.root),
-        "source_kind": source.kind,
-        "device": str(device),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    assemble_store(
-        writer, out, layers=layers, dims=dims, items=source.items, classes=source.classes,
-        has_split=source.has_split, attrs=attrs,
-    )
+    check_output_path(out)
+    with exclusive(out, on_wait=lambda: log(
+        "extract", f"another cnncodes run is writing {out}; waiting for it to finish",
+        enabled=True,
+    )):
+        hit = _cache_hit(out, key, overwrite=config.overwrite, explicit=config.out is not None)
+        if hit is not None:
+            hit.seconds = time.perf_counter() - started
+            hit.warnings = notes
+            return hit
+        writer = PartWriter(out.with_name(out.name + ".parts"), {"store_key": key, **key_parts})
+        resumed_from = writer.done_until()
+        todo = range(resumed_from, len(source.items))
+        model_started = time.perf_counter()
+        if todo:
+            _run(config, source, backbone, extractor, device, precision, writer, todo, dims)
+        attrs = {
+            "cnncodes_version": __version__,
+            "torch_version": torch.__version__,
+            "store_key": key,
+            **key_parts,
+            "layer_specs": [str(spec) for spec in config.layers],
+            "source": str(source.root),
+            "source_kind": source.kind,
+            "device": str(device),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _check_some_encoded(writer, source)
+        assemble_store(
+            writer, out, layers=layers, dims=dims, items=source.items, classes=source.classes,
+            has_split=source.has_split, attrs=attrs,
+        )
     with CodeStore(out) as store:
         n_images, skipped = len(store), store.skipped
+        notes += _empty_class_notes(store)
     return ExtractResult(
         out, False, n_images, skipped, layers, dims, time.perf_counter() - model_started,
         resumed_from, notes,
     )
+
+
+def _check_some_encoded(writer: PartWriter, source: ImageSource) -> None:
+    """Refuse to write a store without a single code: every image was unreadable."""
+    import h5py
+
+    encoded, reasons = 0, []
+    for _, _, path in writer.parts():
+        with h5py.File(path, "r") as part:
+            encoded += len(part["positions"])
+            reasons += [r.decode() if isinstance(r, bytes) else str(r)
+                        for r in part["skipped_reasons"][:3]]
+    if encoded == 0:
+        first = f" (e.g. {reasons[0]})" if reasons else ""
+        raise CnnCodesError(
+            f"Source {str(source.root)!r}: none of its {len(source.items)} files could be "
+            f"read as an image{first}; check the path and the files ('cnncodes extract' "
+            "lists each skipped file with its reason)."
+        )
+
+
+def _empty_class_notes(store: CodeStore) -> list[str]:
+    """Warnings for classes that ended up with no image at all."""
+    labels = store.labels
+    return [
+        f"class {name!r} has no readable image: every file of it was skipped"
+        for index, name in enumerate(store.classes) if not (labels == index).any()
+    ]
 
 
 def default_workers(device: torch.device) -> int:
@@ -248,6 +293,7 @@ def _run(
     precision: torch.dtype,
     writer: PartWriter,
     todo: Sequence[int],
+    dims: dict[str, int],
 ) -> None:
     if device.type == "cpu":
         tune_cpu_allocator()
@@ -278,7 +324,7 @@ def _run(
         nonlocal positions, skipped, part_start
         keep = [i for i, p in enumerate(positions) if p < end]
         codes = {
-            name: (np.concatenate(arrays)[keep] if arrays else np.zeros((0, 0), np.float32))
+            name: (np.concatenate(arrays)[keep] if arrays else np.zeros((0, dims[name]), np.float32))
             for name, arrays in chunks.items()
         }
         writer.write(
@@ -292,9 +338,9 @@ def _run(
         skipped = [(p, r) for p, r in skipped if p >= end]
         part_start = end
 
-    bar = tqdm(
-        total=len(source.items), initial=todo[0], unit="img", disable=not config.progress,
-        desc=f"extract {backbone.name}", dynamic_ncols=True,
+    bar = Progress(
+        total=len(source.items), initial=todo[0], unit="img", enabled=config.progress,
+        desc=f"extract {backbone.name}",
     )
     n_skipped = 0
     with bar, torch.inference_mode():

@@ -29,7 +29,7 @@ RUN_COLUMNS = (
     "code_dim", "train_accuracy", "val_accuracy", "test_accuracy", "cv_accuracy",
     "mean_per_class_accuracy", "macro_f1", "fit_seconds",
 )
-FORMATS = ("md", "csv", "latex", "html")
+FORMATS = ("md", "csv", "json", "latex", "html")
 RUN_FILES = (METADATA_FILE, FINETUNE_FILE)
 
 
@@ -115,7 +115,8 @@ def confusion_table(run: str | os.PathLike[str], split: str | None = None) -> pd
 
 
 def format_table(frame: pd.DataFrame, fmt: str = "md", *, digits: int = 4) -> str:
-    """Render a table as Markdown, CSV, LaTeX or HTML (floats rounded to ``digits``).
+    """Render a table as Markdown, CSV, JSON (a list of records), LaTeX or HTML (floats
+    rounded to ``digits``; missing values empty, or null in JSON).
 
     Raises:
         CnnCodesError: an unknown format.
@@ -127,6 +128,8 @@ def format_table(frame: pd.DataFrame, fmt: str = "md", *, digits: int = 4) -> st
         return frame.to_markdown(index=False, floatfmt=f".{digits}f", missingval="")
     if fmt == "csv":
         return frame.to_csv(index=False)
+    if fmt == "json":
+        return frame.to_json(orient="records", force_ascii=False)
     if fmt == "latex":
         return frame.to_latex(index=False, float_format=f"%.{digits}f", na_rep="", escape=True)
     return frame.to_html(index=False, float_format=f"%.{digits}f".__mod__, na_rep="")
@@ -144,6 +147,8 @@ def report(
     confusion matrices, rendered in ``fmt``."""
     if not runs:
         raise CnnCodesError("No runs given; pass one or more run folders written by 'cnncodes fit'.")
+    if fmt in ("csv", "json") and (per_class or confusion):
+        return _machine_report(runs, fmt, per_class=per_class, confusion=confusion, split=split)
     parts = [format_table(run_table(runs), fmt)]
     if per_class:
         parts.append(format_table(pd.concat([per_class_table(r, split) for r in runs]), fmt))
@@ -153,3 +158,26 @@ def report(
             parts.append((f"**{title}**\n\n" if fmt == "md" else f"{title}\n")
                          + format_table(confusion_table(run, split), fmt))
     return "\n\n".join(parts)
+
+
+def _machine_report(runs: Sequence[str | os.PathLike[str]], fmt: str, *, per_class: bool,
+                    confusion: bool, split: str | None) -> str:
+    """Several tables in one parseable document: JSON keyed by table, or one long CSV.
+
+    The CSV form stacks the tables with a ``table`` column (``runs``, ``per_class``,
+    ``confusion``) so that ``pandas.read_csv`` reads it whole.
+    """
+    tables = {"runs": run_table(runs)}
+    if per_class:
+        tables["per_class"] = pd.concat([per_class_table(r, split) for r in runs])
+    if confusion:
+        tables["confusion"] = pd.concat([
+            confusion_table(r, split).assign(run=Path(r).name) for r in runs
+        ])
+    if fmt == "json":
+        return json.dumps({
+            name: json.loads(table.to_json(orient="records", force_ascii=False))
+            for name, table in tables.items()
+        }, ensure_ascii=False)
+    stacked = pd.concat([t.assign(table=name) for name, t in tables.items()], ignore_index=True)
+    return stacked[["table", *[c for c in stacked.columns if c != "table"]]].to_csv(index=False)

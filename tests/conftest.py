@@ -71,3 +71,30 @@ def tiny_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+def write_digits_folder(root: Path, *, per_class: int = 6, splits=("train", "test"),
+                        classes=(0, 1, 2, 3)) -> Path:
+    """Real handwritten digits (scikit-learn's load_digits) saved as PNG files in an
+    ImageFolder tree ``root/<split>/<digit>/<n>.png``; every install has this data."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    for digit in classes:
+        rows = np.flatnonzero(digits.target == digit)
+        for s, split in enumerate(splits):
+            folder = root / split / str(digit) if split else root / str(digit)
+            folder.mkdir(parents=True, exist_ok=True)
+            for row in rows[s * per_class: (s + 1) * per_class]:
+                Image.fromarray(images[row], mode="L").save(folder / f"{digit}_{row}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real Lite0 codes of the built-in sklearn:digits (first 300 train + 300 test)."""
+    from cnncodes import extract
+
+    out = tmp_path_factory.mktemp("digits") / "digits.h5"
+    return extract(source="sklearn:digits", limit=300, out=str(out), progress=False).path
