@@ -46,6 +46,14 @@ class CnnCodesGroup(click.Group):
             sys.exit(130)
 
 
+def _check_out(out: str | None, *, folder: bool) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+    if out is not None:
+        from .paths import check_output_path
+
+        check_output_path(out, folder=folder)
+
+
 # --- options shared by several commands, defined once -------------------------------------
 
 
@@ -275,6 +283,7 @@ def fit(store: str, quiet: bool, fmt: str, **options: Any) -> None:
     from .fit import fit_pipeline
     from .report import format_table
 
+    _check_out(options.get("out"), folder=True)
     result = fit_pipeline(store, progress=not quiet, **options)
     if not quiet:
         click.echo(f"saved {result.model_path}", err=True)
@@ -305,6 +314,7 @@ def predict(model: str, source: str, out: str | None, fmt: str, quiet: bool,
 
     if not options["trusted"]:
         options.pop("trusted")
+    _check_out(out, folder=False)
     frame = run_predict(model, source, out, progress=not quiet, **options)
     skipped = frame.attrs.get("skipped", [])
     click.echo(format_table(frame, fmt, digits=6), nl=fmt != "csv")
@@ -327,11 +337,8 @@ def report(runs: tuple[str, ...], fmt: str, out: str | None, **options: Any) -> 
 
     from .report import report as render
 
+    _check_out(out, folder=False)
     text = render(list(runs), fmt=fmt, **options)
-    if out is not None:
-        from .paths import check_output_path
-
-        check_output_path(out)
     click.echo(text)
     if out is not None:
         Path(out).write_text(text + "\n", encoding="utf-8")
@@ -404,6 +411,7 @@ def finetune(source: str, strategy: str, head: str | None, fmt: str, quiet: bool
     from .finetune import finetune as run_finetune
     from .report import format_table, run_table
 
+    _check_out(options.get("out"), folder=True)
     config = FinetuneConfig(
         source=source, strategy=int(strategy), head=parse_head(head), progress=not quiet, **options
     )
@@ -450,6 +458,7 @@ def compare(source: str, layers: tuple[str, ...], head: str | None, fmt: str, qu
     from .finetune import parse_head
     from .report import format_table
 
+    _check_out(options.get("out"), folder=True)
     config = CompareConfig(
         source=source, layers=tuple(layers) or None, head=parse_head(head),
         progress=not quiet, **options,
@@ -512,6 +521,7 @@ def _explain(kind: str, images: tuple[str, ...], **options: Any) -> None:
 
     if options.get("model") is None:
         options["model"] = DEFAULT_MODEL
+    _check_out(options.get("out"), folder=True)
     for path in run_explain(ExplainConfig(kind=kind, images=images, **options)):
         click.echo(str(path))
 
@@ -585,6 +595,7 @@ def sweep(data: str, fmt: str, quiet: bool, **options: Any) -> None:
     from .sweep import SweepConfig
     from .sweep import sweep as run_sweep
 
+    _check_out(options.get("out"), folder=True)
     result = run_sweep(SweepConfig(source=data, progress=not quiet, **options))
     click.echo(format_table(result.table, fmt))
     if not quiet:

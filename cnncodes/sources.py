@@ -1,34 +1,60 @@
 """Image sources: ImageFolder trees, CSV manifests and MNIST-style idx files.
 
 A source is a list of :class:`Item` (where the image is, its label, its split) plus the
-class names and a fingerprint that changes when any file changes. Decoding happens later,
-in :class:`ImageDataset`, where an unreadable file becomes a reported skip, never an abort.
+class names and a fingerprint that changes when any file changes. Listing opens no file:
+broken links, FIFOs, empty and unreadable files are found with ``stat`` and listed with
+the reason they are skipped. Decoding happens later, in :meth:`ImageSource.read`, where a
+file that cannot be used becomes a reported skip, never an abort.
+
+What every image becomes before the backbone's own transform (:func:`decode_image`):
+
+- an image over ``max_pixels`` is refused from its header, before any pixel is decoded;
+- the EXIF orientation is applied, so a phone photo stands as its owner saw it;
+- every mode becomes 8-bit RGB: 16-bit images are scaled by 1/257 and float or 32-bit
+  ones from their value range (PIL's ``convert`` would clip them at 255, to white), and
+  transparent pixels are composited on white, as a viewer shows them (``convert("RGB")``
+  alone shows whatever colour hides under them, often black);
+- the long side is centre-cropped to ``MAX_ASPECT`` times the short side: eval transforms
+  (resize the short side, centre-crop a square) only use the centre, and without the crop
+  a 1x20000 strip would be resized to 256x5,120,000;
+- big images are decoded at reduced scale (JPEG draft) or reduced after decoding, keeping
+  the short side at least ``DRAFT_MIN_SIDE``, twice the usual network input.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import gzip
 import hashlib
+import io
 import json
 import os
-from collections.abc import Callable, Sequence
+import stat
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
+from .builtin import is_builtin, open_builtin
 from .errors import CnnCodesError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_ASPECT",
+    "MAX_PIXELS",
     "SPLITS",
     "ImageDataset",
     "ImageSource",
     "Item",
+    "decode_image",
+    "display_path",
     "open_source",
 ]
 
@@ -36,7 +62,12 @@ __all__ = [
 # (the GIF placeholder in hymenoptera, a stray .txt) is listed as skipped, with the reason.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
+# PIL's own refusal threshold (twice Image.MAX_IMAGE_PIXELS): about 13,400 x 13,400.
+MAX_PIXELS = 2 * 89_478_485
+MAX_ASPECT = 4
 DRAFT_MIN_SIDE = 512
+# Part of every file source's fingerprint: stores made by an older decoding are not reused.
+DECODING = "rgb8-exif-white-aspect4-v2"
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -45,11 +76,26 @@ FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
+_PIL_LIMIT = threading.Lock()
+
+
+def display_path(path: str) -> str:
+    """``path`` as valid UTF-8 text: bytes that are not UTF-8 become ``\\xNN`` escapes.
+
+    Listing keeps names in :func:`os.fsdecode` form, where such bytes are lone surrogates
+    that no UTF-8 writer (terminal, HDF5, JSON) accepts.
+    """
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
 class Item:
-    """One image of a source. ``path`` is relative to the source root; label -1 = unknown."""
+    """One image of a source; label -1 = unknown.
+
+    ``path`` is relative to the source's image folder (:attr:`ImageSource.base`), or
+    absolute for a manifest row outside it; names that are not UTF-8 keep the
+    :func:`os.fsdecode` form (see :func:`display_path`).
+    """
 
     path: str
     label: int
@@ -57,9 +103,19 @@ class Item:
     skip_reason: str = ""
 
 
+class _Unusable(OSError):
+    """A file that decoding refuses on purpose; the message is the reported reason."""
+
+
 @dataclass
 class ImageSource:
-    """What to extract: items, class names and how to open an item."""
+    """What to extract: items, class names and how to open an item.
+
+    ``root`` names the source (the folder, or the manifest file); ``base`` is the folder
+    the items' paths are relative to (``None``: ``root`` itself). ``warnings`` are
+    one-line notes for the user about what listing left out (a class folder whose files
+    are all skipped, a folder link not followed).
+    """
 
     root: Path
     kind: str
@@ -68,6 +124,9 @@ class ImageSource:
     fingerprint: str
     has_split: bool
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    base: Path | None = None
+    max_pixels: int = MAX_PIXELS
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -75,30 +134,40 @@ class ImageSource:
 
     def open_image(self, item: Item) -> Image.Image:
         """Decode one item to an RGB PIL image (raises on unreadable files)."""
-        if self.kind == "idx":
+        if self.arrays:  # idx files and built-in sources: "split#row" into in-memory arrays
             split, index = item.path.split("#")
             return Image.fromarray(self.arrays[split][int(index)], mode="L").convert("RGB")
-        with Image.open(self.root / item.path) as image:
-            scale = min(image.size) // DRAFT_MIN_SIDE
-            if image.format == "JPEG" and scale >= 2:
-                # Let libjpeg decode big photos at a reduced scale (still at least twice
-                # the network input), which is several times faster than a full decode.
-                image.draft("RGB", (image.width // scale, image.height // scale))
-            return image.convert("RGB")
+        path = os.path.join(self.base if self.base is not None else self.root, item.path)
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):  # replaced since listing; opening a FIFO would hang
+            raise _Unusable(f"not a regular file ({_file_kind(mode)})")
+        return decode_image(path, max_pixels=self.max_pixels)
 
     def read(self, item: Item) -> tuple[Image.Image | None, str]:
         """Decode one item, or ``(None, reason)`` for a file that cannot be used.
 
         This is the bad-image policy every reader shares: a listed skip keeps its reason,
-        a file that fails to decode is reported as unreadable, nothing raises.
+        a file that fails to decode is reported with why, nothing raises.
         """
         if item.skip_reason:
             return None, item.skip_reason
         try:
             return self.open_image(item), ""
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-            reason = str(error).split("\n")[0] or error.__class__.__name__
-            return None, f"unreadable image: {reason}"
+        except _Unusable as error:
+            return None, display_path(str(error))
+        except PermissionError:
+            return None, "permission denied"
+        except FileNotFoundError:
+            return None, "file not found"
+        except Image.DecompressionBombError as error:
+            return None, display_path(
+                f"decompression bomb: {_first_line(error)}; if you trust the file, raise "
+                "the budget with --max-pixels"
+            )
+        except (OSError, ValueError, SyntaxError) as error:
+            return None, display_path(f"unreadable image: {_first_line(error)}")
+        except Exception as error:  # a malformed file can make PIL raise anything
+            return None, display_path(f"unreadable image: {type(error).__name__}: {_first_line(error)}")
 
     def summary(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -108,7 +177,14 @@ class ImageSource:
         return {"kind": self.kind, "classes": len(self.classes), "items": counts}
 
 
-def open_source(path: str | os.PathLike[str], *, limit: int | None = None) -> ImageSource:
+def open_source(
+    path: str | os.PathLike[str],
+    *,
+    limit: int | None = None,
+    root: str | os.PathLike[str] | None = None,
+    require_labels: bool = False,
+    max_pixels: int = MAX_PIXELS,
+) -> ImageSource:
     """Read the listing of an image source; no image is decoded here.
 
     Args:
@@ -116,43 +192,190 @@ def open_source(path: str | os.PathLike[str], *, limit: int | None = None) -> Im
             folder of images without classes (for prediction), a CSV manifest with columns
             ``path,label[,split]``, or a folder with MNIST-style ``*-idx*-ubyte.gz`` files.
         limit: keep only the first ``limit`` images of each split (quick experiments).
+        root: for a manifest, the folder its relative paths start from (default: the
+            manifest's own folder). Absolute paths are used as they are.
+        require_labels: every image needs a class (training): a manifest without a
+            ``label`` column or with an empty label, or a folder without class folders,
+            is an error. Without it an empty label means unlabeled (label -1).
+        max_pixels: images with more pixels are skipped before decoding (decompression
+            bombs); ``MAX_PIXELS`` is about 13,400 x 13,400.
 
     Raises:
-        CnnCodesError: the path does not exist, or holds nothing cnncodes can read.
+        CnnCodesError: the path does not exist, holds nothing cnncodes can read, or a
+            manifest line is wrong (the message names the line).
     """
-    root = Path(path).expanduser()
-    if not root.exists():
+    location = Path(path).expanduser()
+    shown = display_path(str(path))
+    if not location.exists() and not is_builtin(path):
         raise CnnCodesError(
-            f"Source {str(path)!r} does not exist; give an image folder, a CSV manifest "
+            f"Source {shown!r} does not exist; give an image folder, a CSV manifest "
             "(path,label[,split]) or a folder of MNIST-style idx files."
         )
     if limit is not None and limit < 1:
         raise CnnCodesError(f"limit must be a positive number of images; got {limit!r}.")
-    if root.is_file():
-        if root.suffix.lower() != ".csv":
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise CnnCodesError(
+            f"max_pixels must be a positive number of pixels; got {max_pixels!r} "
+            f"(default {MAX_PIXELS:,})."
+        )
+    is_manifest = location.is_file() and not is_builtin(path)
+    if root is not None and not is_manifest:
+        raise CnnCodesError(
+            f"root={display_path(str(root))!r} only applies to a CSV manifest (the folder its "
+            f"paths start from); source {shown!r} is not one, so leave root out."
+        )
+    if is_builtin(path):  # sklearn:digits, shipped inside scikit-learn
+        source = open_builtin(str(path))
+    elif is_manifest:
+        if location.suffix.lower() != ".csv":
             raise CnnCodesError(
-                f"Source {str(path)!r} is a file but not a .csv manifest; give a folder of "
+                f"Source {shown!r} is a file but not a .csv manifest; give a folder of "
                 "images or a CSV with columns path,label[,split]."
             )
-        source = _open_csv(root)
-    elif all((root / name).exists() for name in IDX_FILES["train"]):
-        source = _open_idx(root)
+        source = _open_csv(location, _manifest_base(location, root), require_labels)
+    elif all((location / name).exists() for name in IDX_FILES["train"]):
+        source = _open_idx(location)
     else:
-        source = _open_folder(root)
+        source = _open_folder(location, require_labels)
+    source.max_pixels = max_pixels
+    if max_pixels != MAX_PIXELS:
+        source.fingerprint = _digest([source.fingerprint, f"max_pixels={max_pixels}"])
     if limit is not None:
-        kept, seen = [], dict.fromkeys([it.split for it in source.items], 0)
-        for item in source.items:
-            if seen[item.split] < limit:
-                kept.append(item)
-                seen[item.split] += 1
-        source.items = kept
-        source.fingerprint = _digest([source.fingerprint, f"limit={limit}"])
+        source.items = _first_per_split(source.items, limit)
+        source.fingerprint = _digest([source.fingerprint, f"limit={limit}", "by-class"])
     if not any(not item.skip_reason for item in source.items):
+        reasons = sorted({item.skip_reason for item in source.items})
+        found = f"; the {len(source.items)} files found are skipped: {', '.join(reasons[:3])}" if reasons else ""
         raise CnnCodesError(
-            f"Source {str(path)!r} holds no readable images (looked for "
-            f"{', '.join(IMAGE_EXTENSIONS)}); check the path."
+            f"Source {shown!r} holds no readable images (looked for "
+            f"{', '.join(IMAGE_EXTENSIONS)}){found}; check the path."
         )
     return source
+
+
+def decode_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file to 8-bit RGB with bounded memory (see the module docstring).
+
+    Raises:
+        OSError: the file is over ``max_pixels``, missing, unreadable, or not an image;
+            PIL may raise other errors on malformed files (:meth:`ImageSource.read`
+            turns them all into reasons).
+    """
+    with _open_within_budget(path, max_pixels) as image:
+        scale = min(image.size) // DRAFT_MIN_SIDE
+        if image.format == "JPEG" and scale >= 2:
+            # Let libjpeg decode big photos at a reduced scale (still at least twice
+            # the network input), which is several times faster than a full decode.
+            image.draft("RGB", (image.width // scale, image.height // scale))
+        image.load()
+        with contextlib.suppress(Exception):  # a damaged EXIF block costs the orientation only
+            ImageOps.exif_transpose(image, in_place=True)
+        rgb = _to_rgb(_crop_aspect(image))
+    factor = min(rgb.size) // DRAFT_MIN_SIDE
+    return rgb.reduce(factor) if factor >= 2 else rgb
+
+
+@contextlib.contextmanager
+def _pil_limit_lifted() -> Iterator[None]:
+    # PIL refuses big images at open (and crop) time with its own global limit, before
+    # the size can be named; the source's own budget, checked right after, replaces it.
+    with _PIL_LIMIT:
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _open_within_budget(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+    with _pil_limit_lifted():
+        image = Image.open(path)
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise _Unusable(
+            f"image is {width}x{height} = {width * height:,} pixels, over the budget of "
+            f"{max_pixels:,} (a decompression bomb?); if you trust the file, raise the "
+            "budget with --max-pixels"
+        )
+    return image
+
+
+def _crop_aspect(image: Image.Image) -> Image.Image:
+    width, height = image.size
+    longest = MAX_ASPECT * min(width, height)
+    if width > longest:
+        left = (width - longest) // 2
+        box = (left, 0, left + longest, height)
+    elif height > longest:
+        top = (height - longest) // 2
+        box = (0, top, width, top + longest)
+    else:
+        return image
+    with _pil_limit_lifted():
+        return image.crop(box)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    transparent = "transparency" in image.info  # a palette entry or colour key
+    if image.mode == "RGB" and not transparent:
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        return _to_8bit(image).convert("RGB")
+    if image.mode == "PA" or (transparent and image.mode in ("P", "L", "1", "RGB")):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "RGBa", "LA", "La"):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float single-channel image as 8-bit grey, scaled, not clipped."""
+    values = np.asarray(image).astype(np.float32)
+    if image.mode.startswith("I;16"):
+        values /= 257.0
+    else:
+        finite = np.isfinite(values)
+        low = float(values[finite].min()) if finite.any() else 0.0
+        high = float(values[finite].max()) if finite.any() else 0.0
+        if image.mode == "F" and low >= 0 and high <= 1:
+            values *= 255.0
+        elif low >= 0 and high <= 255:
+            pass
+        elif image.mode == "I" and low >= 0 and high <= 65535:  # 16-bit data held as 32-bit
+            values /= 257.0
+        else:
+            values = (values - low) * (255.0 / ((high - low) or 1.0))
+        values[~finite] = 0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).split("\n")[0] or type(error).__name__
+
+
+def _first_per_split(items: list[Item], limit: int) -> list[Item]:
+    """The first ``limit`` items of each split, taken in turn from each class (the first
+    item of every class, then the second, ...) so that a small subset still holds every
+    class; the kept items stay in their original order."""
+    chosen: set[int] = set()
+    for split in dict.fromkeys(item.split for item in items):
+        by_class: dict[int, list[int]] = {}
+        for index, item in enumerate(items):
+            if item.split == split:
+                by_class.setdefault(item.label, []).append(index)
+        queues = list(by_class.values())
+        taken, depth = 0, 0
+        while taken < limit and any(depth < len(q) for q in queues):
+            for queue in queues:
+                if depth < len(queue) and taken < limit:
+                    chosen.add(queue[depth])
+                    taken += 1
+            depth += 1
+    return [item for index, item in enumerate(items) if index in chosen]
 
 
 def _digest(parts: Sequence[Any]) -> str:
@@ -160,90 +383,321 @@ def _digest(parts: Sequence[Any]) -> str:
 
 
 def _stat_key(path: Path) -> list[Any]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
+    stat_result = path.stat()
+    return [stat_result.st_size, stat_result.st_mtime_ns]
 
 
-def _files(folder: Path) -> list[Path]:
-    files = []
-    for directory, subdirs, names in os.walk(folder):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        files += [Path(directory) / n for n in sorted(names) if not n.startswith(".")]
-    return files
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
-def _item(root: Path, path: Path, label: int, split: str) -> Item:
-    relative = path.relative_to(root).as_posix()
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        reason = f"not an image type cnncodes reads ({path.suffix or 'no extension'})"
-        return Item(relative, label, split, reason)
-    return Item(relative, label, split)
+def _is_within(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
 
 
-def _open_folder(root: Path) -> ImageSource:
-    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    split_dirs = [d for d in subdirs if d.lower() in SPLITS]
-    has_split = bool(split_dirs)
-    if has_split:
-        parents = [(root / d, d.lower()) for d in split_dirs]
-        classes = sorted({
-            c.name for parent, _ in parents for c in parent.iterdir()
-            if c.is_dir() and not c.name.startswith(".")
-        })
+@dataclass
+class _Found:
+    """A file met while listing: where, why it is skipped ('' if not), its stat key, and
+    the (device, inode) it resolves to, which tells two links to one file apart."""
+
+    path: str
+    reason: str
+    key: list[Any] | None
+    identity: tuple[int, int] | None
+    link: bool
+
+
+def _examine(path: str, link: bool) -> _Found:
+    """What the file at ``path`` is, found with ``stat`` alone: no file is opened."""
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        lstat = os.lstat(path) if link else None
+        key = [lstat.st_size, lstat.st_mtime_ns] if lstat else None
+        if error.errno == errno.ELOOP:
+            reason = "symlink loop"
+        elif link and error.errno in (errno.ENOENT, errno.ENOTDIR):
+            reason = f"broken symlink (points to {display_path(os.readlink(path))})"
+        elif error.errno in (errno.ENOENT, errno.ENOTDIR):
+            reason = "file not found"
+        elif isinstance(error, PermissionError):
+            reason = "permission denied"
+        else:
+            reason = f"cannot be read ({error.strerror or error})"
+        return _Found(path, reason, key, None, link)
+    key, identity = [info.st_size, info.st_mtime_ns], (info.st_dev, info.st_ino)
+    suffix = os.path.splitext(path)[1]
+    if not stat.S_ISREG(info.st_mode):
+        reason = f"not a regular file ({_file_kind(info.st_mode)})"
+    elif suffix.lower() not in IMAGE_EXTENSIONS:
+        reason = f"not an image type cnncodes reads ({display_path(suffix) or 'no extension'})"
+    elif info.st_size == 0:
+        reason = "empty file (0 bytes)"
+    elif not os.access(path, os.R_OK):
+        reason = "permission denied"
     else:
-        parents = [(root, "")]
-        classes = subdirs
-    items: list[Item] = []
-    if not classes:  # a flat folder of images: unlabeled, for prediction
-        items = [_item(root, f, -1, "") for f in _files(root)]
-    for parent, split in parents:
+        reason = ""
+    return _Found(path, reason, key, identity, link)
+
+
+class _Walker:
+    """Lists a folder tree with ``os.scandir``, hidden names left out.
+
+    A folder link is followed when it leads out of the tree, once per real folder (so a
+    loop ends); one that leads back into the tree is not, its files being listed where
+    they are. What is left out is said in ``warnings``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.path.abspath(root)
+        self.real_root = os.path.realpath(self.root)
+        self.walked = {self.real_root}
+        self.warnings: list[str] = []
+
+    def shown(self, path: str) -> str:
+        return display_path(os.path.relpath(path, self.root))
+
+    def entries(self, folder: str) -> tuple[list[str], list[tuple[str, bool]]]:
+        """The sub-folders to walk and the files (path, is a link) of ``folder``."""
+        try:
+            with os.scandir(folder) as scan:
+                found = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as error:
+            self.warnings.append(
+                f"Folder {self.shown(folder)!r} could not be read ({error.strerror or error}); "
+                "its images are not listed."
+            )
+            return [], []
+        folders, files = [], []
+        for entry in found:
+            link = entry.is_symlink()
+            try:
+                is_folder = entry.is_dir()  # follows links; a broken one is a file to report
+            except OSError:
+                is_folder = False
+            if not is_folder:
+                files.append((entry.path, link))
+            elif self._enter(entry.path, link):
+                folders.append(entry.path)
+        return folders, files
+
+    def files(self, folder: str) -> list[tuple[str, bool]]:
+        """Every file under ``folder``, sub-folders included."""
+        found, stack = [], [folder]
+        while stack:
+            folders, files = self.entries(stack.pop())
+            found += files
+            stack += reversed(folders)
+        return found
+
+    def _enter(self, path: str, link: bool) -> bool:
+        real = os.path.realpath(path)
+        shown = self.shown(path)
+        if link and _is_within(real, self.real_root):
+            self.warnings.append(
+                f"Folder link {shown!r} points inside the source; not followed, so its "
+                "images are listed once, where they are."
+            )
+            return False
+        if real in self.walked:
+            self.warnings.append(
+                f"Folder {shown!r} leads to a folder already listed (a symlink loop or a "
+                "second link); not listed twice."
+            )
+            return False
+        self.walked.add(real)
+        return True
+
+
+def _open_folder(root: Path, require_labels: bool) -> ImageSource:
+    walker = _Walker(root)
+    top_folders, top_files = walker.entries(walker.root)
+    by_name = {os.path.basename(p): p for p in top_folders}
+    split_names = [name for name in by_name if name.lower() in SPLITS]
+    has_split = bool(split_names)
+    # split -> (class folders by name, files beside them)
+    layout: dict[str, tuple[dict[str, str], list[tuple[str, bool]]]] = {}
+    if has_split:
+        for name, folder in by_name.items():
+            if name.lower() in SPLITS:
+                class_folders, beside = walker.entries(folder)
+                layout[name.lower()] = ({os.path.basename(p): p for p in class_folders}, beside)
+            else:
+                walker.warnings.append(
+                    f"Folder {walker.shown(folder)!r} is not a split ({', '.join(SPLITS)}) "
+                    "beside the split folders; its images are not used."
+                )
+    else:
+        layout[""] = (by_name, top_files)
+    classes = sorted({name for folders, _ in layout.values() for name in folders})
+    if require_labels and not classes:
+        raise CnnCodesError(
+            f"Source {display_path(str(root))!r} has no class folders; training needs one "
+            "sub-folder per class (optionally under train/, val/, test/)."
+        )
+    found: list[tuple[_Found, int, str]] = []
+    groups: list[tuple[str, range]] = []  # (what, positions in found) for the warnings
+    loose = top_files if has_split else []  # files beside the split folders
+    for split, (folders, files) in layout.items():
+        if not classes:  # a folder of images without classes: unlabeled, for prediction
+            found += [(_examine(path, link), -1, split) for path, link in files]
+            continue
+        loose = loose + files
         for label, name in enumerate(classes):
-            if (parent / name).is_dir():
-                items += [_item(root, f, label, split) for f in _files(parent / name)]
+            if name in folders:
+                start = len(found)
+                found += [(_examine(p, link), label, split) for p, link in walker.files(folders[name])]
+                groups.append((f"Class folder {walker.shown(folders[name])!r}", range(start, len(found))))
+    images_beside = [p for p, _ in loose if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
+    if classes and images_beside:
+        walker.warnings.append(
+            f"{len(images_beside)} image(s) lie outside any class folder and are not used "
+            f"(first: {walker.shown(images_beside[0])!r}); move them into a class folder."
+        )
+    _drop_linked_duplicates([f for f, _, _ in found], walker)
+    items = [
+        Item(os.path.relpath(f.path, walker.root).replace(os.sep, "/"), label, split, f.reason)
+        for f, label, split in found
+    ]
+    warnings = walker.warnings + _empty_group_warnings(items, groups, has_split)
+    fingerprint = _digest(
+        ["folder", DECODING, classes]
+        + [[it.path, it.label, it.split, it.skip_reason, f.key] for it, (f, _, _) in zip(items, found)]
+    )
     order = {s: i for i, s in enumerate(SPLITS)}
     items.sort(key=lambda it: (order.get(it.split, -1), it.path))
-    fingerprint = _digest(
-        ["folder", classes] + [[it.path, it.label, it.split, _stat_key(root / it.path)] for it in items]
-    )
-    return ImageSource(root.resolve(), "folder", items, classes, fingerprint, has_split)
+    return ImageSource(root.resolve(), "folder", items, classes, fingerprint, has_split, warnings=warnings)
 
 
-def _open_csv(manifest: Path) -> ImageSource:
-    base = manifest.parent
-    with open(manifest, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip().lower() for c in reader.fieldnames or []]
-        if "path" not in columns:
-            raise CnnCodesError(
-                f"Manifest {str(manifest)!r} has columns {columns}; it needs a header with "
-                "'path' and, for training, 'label' (optionally 'split')."
-            )
-        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
-    names = sorted({row.get("label", "") for row in rows} - {""})
-    index = {name: i for i, name in enumerate(names)}
-    items = []
-    for number, row in enumerate(rows, start=2):
-        split = row.get("split", "").lower()
+def _drop_linked_duplicates(found: list[_Found], walker: _Walker) -> None:
+    """A file link to a file listed anyway is skipped, so each image is stored once."""
+    first: dict[tuple[int, int], str] = {}
+    for entry in sorted(found, key=lambda f: f.link):  # real files claim their image first
+        if entry.reason or entry.identity is None:
+            continue
+        if entry.link and entry.identity in first:
+            entry.reason = f"same file as {walker.shown(first[entry.identity])!r} (symlink); listed once"
+        else:
+            first.setdefault(entry.identity, entry.path)
+
+
+def _empty_group_warnings(items: list[Item], groups: list[tuple[str, range]], has_split: bool) -> list[str]:
+    warnings = []
+    for what, positions in groups:
+        reasons = [items[p].skip_reason for p in positions]
+        if not reasons:
+            warnings.append(f"{what} is empty; its class has no images there.")
+        elif all(reasons):
+            warnings.append(f"Every file in {what.lower()} is skipped ({len(reasons)}; first: {reasons[0]}).")
+    warnings += _split_warnings(items) if has_split else []
+    return warnings
+
+
+def _split_warnings(items: list[Item]) -> list[str]:
+    reasons: dict[str, list[str]] = {}
+    for item in items:
+        reasons.setdefault(item.split, []).append(item.skip_reason)
+    return [
+        f"Every file of split {split!r} is skipped ({len(found)}; first: {found[0]})."
+        for split, found in reasons.items() if split and all(found)
+    ]
+
+
+def _manifest_base(manifest: Path, root: str | os.PathLike[str] | None) -> Path:
+    if root is None:
+        return Path(os.path.realpath(manifest.parent))
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise CnnCodesError(
+            f"root {display_path(str(root))!r} is not a folder; give the folder the "
+            f"relative paths of manifest {display_path(str(manifest))!r} start from."
+        )
+    return Path(os.path.realpath(base))
+
+
+def _open_csv(manifest: Path, base: Path, require_labels: bool) -> ImageSource:
+    shown = display_path(str(manifest))
+    data = manifest.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CnnCodesError(
+            f"Manifest {shown!r} is not UTF-8 text (byte {error.start} is {data[error.start]:#04x}); "
+            "save it as UTF-8 (with or without BOM)."
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as error:
+        raise CnnCodesError(f"Manifest {shown!r} line {reader.line_num + 1}: {error}; fix the CSV.") from None
+    columns = [c.strip().lower() for c in rows[0][1]] if rows else []
+    if "path" not in columns:
+        raise CnnCodesError(
+            f"Manifest {shown!r} line 1 has columns {columns}; it needs a header with "
+            "'path' and, for training, 'label' (optionally 'split')."
+        )
+    if require_labels and "label" not in columns:
+        raise CnnCodesError(
+            f"Manifest {shown!r} line 1 has columns {columns} but no 'label'; training "
+            "needs a label on every row: add a 'label' column."
+        )
+    index: dict[str, int] = {name: columns.index(name) for name in ("path", "label", "split") if name in columns}
+
+    def cell(row: list[str], name: str) -> str:
+        column = index.get(name)
+        return row[column].strip() if column is not None and column < len(row) else ""
+
+    records = []
+    for line, row in rows[1:]:
+        if not any(value.strip() for value in row):
+            continue  # blank lines and the ",,," rows spreadsheets leave behind
+        path, label, split = cell(row, "path"), cell(row, "label"), cell(row, "split").lower()
+        if not path:
+            raise CnnCodesError(f"Manifest {shown!r} line {line}: empty path; fill it in or delete the row.")
         if split and split not in SPLITS:
             raise CnnCodesError(
-                f"Manifest {str(manifest)!r} line {number}: split {row['split']!r} is not one "
-                f"of {', '.join(SPLITS)}."
+                f"Manifest {shown!r} line {line}: split {cell(row, 'split')!r} is not one "
+                f"of {', '.join(SPLITS)}; use one of them or leave it empty."
             )
-        target = (base / row["path"]).resolve()
-        try:
-            relative = target.relative_to(base.resolve()).as_posix()
-        except ValueError:
-            relative = str(target)
-        item = Item(relative, index.get(row.get("label", ""), -1), split)
-        if not target.is_file():
-            item = Item(relative, item.label, split, "file not found")
-        elif target.suffix.lower() not in IMAGE_EXTENSIONS:
-            item = Item(relative, item.label, split, f"not an image type cnncodes reads ({target.suffix})")
-        items.append(item)
-    stats = [_stat_key(base / it.path) if not it.skip_reason else None for it in items]
-    fingerprint = _digest(["csv", manifest.read_text(encoding="utf-8"), stats])
+        if require_labels and not label:
+            raise CnnCodesError(
+                f"Manifest {shown!r} line {line}: empty label for {path!r}; training needs "
+                "a label on every row (or delete the row)."
+            )
+        records.append((line, path, label, split))
+    names = sorted({label for _, _, label, _ in records} - {""})
+    number = {name: i for i, name in enumerate(names)}
+    items, keys = [], []
+    for _, path, label, split in records:
+        target = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+        found = _examine(target, os.path.islink(target))
+        relative = os.path.relpath(target, base) if _is_within(target, str(base)) else target
+        items.append(Item(relative.replace(os.sep, "/"), number.get(label, -1), split, found.reason))
+        keys.append(found.key)
+    if items and all(item.skip_reason == "file not found" for item in items):
+        line, path = records[0][0], records[0][1]
+        start = "the root given" if base != Path(os.path.realpath(manifest.parent)) else "the manifest's folder"
+        raise CnnCodesError(
+            f"Manifest {shown!r}: none of its {len(items)} files exist (line {line}: {path!r} "
+            f"was looked for at {display_path(os.path.join(base, path))!r}). Relative paths "
+            f"start from {start}, {display_path(str(base))!r}; give root= (--root) if they "
+            "start from another folder."
+        )
+    warnings = _split_warnings(items) if any(it.split for it in items) else []
+    for label_number, name in enumerate(names):
+        labelled = [it.skip_reason for it in items if it.label == label_number]
+        if all(labelled):
+            warnings.append(f"Every file of class {name!r} is skipped ({len(labelled)}; first: {labelled[0]}).")
+    fingerprint = _digest([
+        "csv", DECODING, hashlib.sha256(data).hexdigest(), str(base),
+        [[it.path, it.label, it.split, it.skip_reason, key] for it, key in zip(items, keys)],
+    ])
     has_split = any(it.split for it in items)
-    return ImageSource(manifest.resolve(), "csv", items, names, fingerprint, has_split)
+    return ImageSource(
+        manifest.resolve(), "csv", items, names, fingerprint, has_split, base=base, warnings=warnings
+    )
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -303,3 +303,17 @@ def test_readme_quick_start_from_a_fresh_folder(tmp_path: Path) -> None:
                             env=env, capture_output=True, text=True, check=True)
     (row,) = json.loads(report.stdout)
     assert row["n_train"] == 1347 and row["test_accuracy"] > 0.9  # measured 0.96
+
+
+@pytest.mark.parametrize("args", [
+    ["fit", "missing.h5", "--out", "/proc/run"],
+    ["finetune", "sklearn:digits", "--out", "/proc/run"],
+    ["compare", "sklearn:digits", "--out", "/sys/run"],
+    ["sweep", "sklearn:digits", "--out", "/proc/sweep"],
+    ["predict", "runs/x", "sklearn:digits", "--out", "/dev/preds.csv"],
+    ["report", "runs/x", "--out", "/proc/report.md"],
+    ["explain", "filters", "--out", "/proc/explain"],
+])
+def test_every_out_is_checked_first(elsewhere: Path, args: list[str]) -> None:
+    result = run_cli(*args, code=2)
+    assert "special file system" in error_line(result.stderr)

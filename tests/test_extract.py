@@ -80,6 +80,7 @@ def test_corrupt_images_are_reported_and_skipped(tmp_path: Path) -> None:
     assert result.n_images == 6
     reasons = dict(result.skipped)
     assert set(reasons) == {"cats/truncated.jpg", "dogs/notes.jpg", "dogs/empty.jpg"}
+    assert reasons.pop("dogs/empty.jpg") == "empty file (0 bytes)"
     assert all(r.startswith("unreadable image:") for r in reasons.values())
     with CodeStore(result.path) as store:
         assert len(store) == 6 and set(store.paths).isdisjoint(reasons)
@@ -131,13 +132,16 @@ def test_killed_run_resumes_without_duplicates(hymenoptera: Path, hymenoptera_st
 def test_cli_extract_and_info(runner, hymenoptera: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.h5"
     args = ["extract", str(hymenoptera), "--limit", "12", "--layer", "-2", "--layer", "blocks.5",
-            "--out", str(out), "--quiet"]
+            "--out", str(out)]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "layer global_pool.flatten: 24 x 1280" in result.output
-    assert "layer blocks.5.3.add: 24 x 192" in result.output
+    assert result.stdout == f"{out}\n"  # stdout: the store's path alone
+    assert "layer global_pool.flatten: 24 x 1280" in result.stderr
+    assert "layer blocks.5.3.add: 24 x 192" in result.stderr
     again = runner.invoke(main, args)
-    assert "cache hit (no model run)" in again.output
+    assert "cache hit (no model run)" in again.stderr
+    quiet = runner.invoke(main, [*args, "--quiet"])
+    assert quiet.stdout == f"{out}\n" and quiet.stderr == ""
     info = runner.invoke(main, ["info", str(out)])
     assert info.exit_code == 0 and "train 12, val 12" in info.output
     assert "global_pool.flatten (as --layer -2): 24 x 1280" in info.output

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cnncodes import CnnCodesError, open_source
 from tests.conftest import write_image_folder
@@ -59,6 +60,94 @@ def test_csv_manifest(tmp_path: Path) -> None:
         open_source(manifest)
     manifest.write_text("file,label\nimg/cats/cats_0.jpg,cat\n")
     with pytest.raises(CnnCodesError, match="needs a header with 'path'"):
+        open_source(manifest)
+
+
+def _two_images(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "a, b.jpg", folder / "c.jpg"]
+    for path in paths:
+        Image.new("RGB", (12, 10), (10, 200, 10)).save(path)
+    return paths
+
+
+def test_csv_relative_paths_start_from_the_manifest_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _two_images(tmp_path / "data" / "img")
+    manifest = tmp_path / "data" / "set.csv"
+    manifest.write_text('path,label\n"img/a, b.jpg",cat\nimg/c.jpg,dog\n')
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    source = open_source(str(manifest))
+    assert source.name == "set" and source.root == manifest.resolve()
+    assert source.base == (tmp_path / "data").resolve()
+    assert [(it.path, it.label) for it in source.items] == [("img/a, b.jpg", 0), ("img/c.jpg", 1)]
+    assert all(source.read(item)[0] is not None for item in source.items)
+    monkeypatch.chdir(tmp_path / "data")
+    assert open_source("set.csv").fingerprint == source.fingerprint
+
+
+def test_csv_absolute_paths_and_an_explicit_root(tmp_path: Path) -> None:
+    first, second = _two_images(tmp_path / "photos")
+    (tmp_path / "lists").mkdir()
+    absolute = tmp_path / "lists" / "absolute.csv"
+    absolute.write_text(f'path,label\n"{first}",cat\n{second},dog\n')
+    source = open_source(absolute)
+    assert [it.path for it in source.items] == [str(first), str(second)]
+    assert all(source.read(item)[0] is not None for item in source.items)
+    relative = tmp_path / "lists" / "relative.csv"
+    relative.write_text('path,label\n"a, b.jpg",cat\nc.jpg,dog\n')
+    with pytest.raises(CnnCodesError, match=r"none of its 2 files exist \(line 2: 'a, b.jpg' was looked for at .*lists/a, b.jpg'\).*give root= \(--root\)"):
+        open_source(relative)
+    source = open_source(relative, root=tmp_path / "photos")
+    assert [it.path for it in source.items] == ["a, b.jpg", "c.jpg"]
+    assert all(source.read(item)[0] is not None for item in source.items)
+    with pytest.raises(CnnCodesError, match=r"root '.*nowhere' is not a folder"):
+        open_source(relative, root=tmp_path / "nowhere")
+    with pytest.raises(CnnCodesError, match="only applies to a CSV manifest"):
+        open_source(tmp_path / "photos", root=tmp_path)
+
+
+def test_csv_bom_crlf_quotes_and_header_case(tmp_path: Path) -> None:
+    _two_images(tmp_path / "img")
+    manifest = tmp_path / "set.csv"
+    with open(manifest, "w", encoding="utf-8-sig", newline="\r\n") as handle:
+        handle.write(' Path ,LABEL, Split \n"img/a, b.jpg",cat,TRAIN\nimg/c.jpg,dog, Val\n,,\n')
+    assert manifest.read_bytes().startswith(b"\xef\xbb\xbf Path")
+    source = open_source(manifest, require_labels=True)
+    assert [(it.path, it.label, it.split) for it in source.items] == [
+        ("img/a, b.jpg", 0, "train"), ("img/c.jpg", 1, "val"),
+    ]
+    assert source.classes == ["cat", "dog"] and source.has_split
+    assert not any(it.skip_reason for it in source.items)
+
+
+def test_csv_labels_required_for_training_only(tmp_path: Path) -> None:
+    _two_images(tmp_path / "img")
+    manifest = tmp_path / "set.csv"
+    manifest.write_text('path,label\nimg/c.jpg,dog\n\n"img/a, b.jpg",\n')
+    with pytest.raises(CnnCodesError, match=r"set.csv' line 4: empty label for 'img/a, b.jpg'"):
+        open_source(manifest, require_labels=True)
+    assert [it.label for it in open_source(manifest).items] == [0, -1]
+    manifest.write_text("path\nimg/c.jpg\n")
+    assert [it.label for it in open_source(manifest).items] == [-1]
+    with pytest.raises(CnnCodesError, match=r"line 1 has columns \['path'\] but no 'label'"):
+        open_source(manifest, require_labels=True)
+
+
+def test_csv_errors_name_the_line(tmp_path: Path) -> None:
+    _two_images(tmp_path / "img")
+    manifest = tmp_path / "set.csv"
+    manifest.write_text('path,label,split\nimg/c.jpg,dog,train\n"img/a,\n b.jpg",cat,val\n,cat,test\n')
+    with pytest.raises(CnnCodesError, match=r"line 5: empty path; fill it in or delete the row"):
+        open_source(manifest)
+    manifest.write_text("path,label,split\nimg/c.jpg,dog,Holdout\n")
+    with pytest.raises(CnnCodesError, match=r"line 2: split 'Holdout' is not one of train, val, test"):
+        open_source(manifest)
+    manifest.write_bytes(b"path,label\nimg/caf\xe9.jpg,cat\n")
+    with pytest.raises(CnnCodesError, match=r"is not UTF-8 text \(byte 18 is 0xe9\); save it as UTF-8"):
+        open_source(manifest)
+    manifest.write_text("")
+    with pytest.raises(CnnCodesError, match=r"line 1 has columns \[\]; it needs a header with 'path'"):
         open_source(manifest)
 
 
