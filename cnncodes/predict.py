@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pandas as pd
 
 from .model import FittedModel, load_model
 from .paths import FINETUNE_FILE
-from .store import CodeStore
+from .store import CodeStore, display_text
 
 __all__ = ["predict"]
 
@@ -29,6 +30,7 @@ def predict(
     batch_size: int = 32,
     device: str = "auto",
     progress: bool = True,
+    trusted: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Predict the class of every image of a source or every row of a code store.
 
@@ -43,9 +45,12 @@ def predict(
         batch_size: images per forward pass when extracting.
         device: ``auto``, ``cpu``, ``cuda``, ... for extraction.
         progress: show the extraction progress bar.
+        trusted: further type names the run's ``model.skops`` may hold, for a run made
+            with your own pipeline file (see :func:`cnncodes.load_model`).
 
     Returns:
-        One row per image: ``path``, ``label`` (true class, "" when unknown), ``split``
+        One row per image: ``path`` (as valid UTF-8: file-name bytes that are not UTF-8
+        are escaped as ``\\xNN``), ``label`` (true class, "" when unknown), ``split``
         (when the source has one), ``predicted``, then ``proba_<class>`` per class, or
         ``score_<class>`` decision scores for pipelines without probabilities. Skipped
         images are listed in ``frame.attrs["skipped"]``.
@@ -57,9 +62,9 @@ def predict(
     if (run / FINETUNE_FILE).is_file():
         from .finetune import predict_run  # fine-tuned PyTorch runs need torch training code
 
-        frame = predict_run(run, source_or_store)
+        frame = _displayable(predict_run(run, source_or_store))
     else:
-        model = load_model(run)
+        model = load_model(run, trusted=trusted)
         target = Path(source_or_store)
         if _is_code_store(target):
             with CodeStore(target) as store:
@@ -72,6 +77,19 @@ def predict(
         Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out_csv, index=False)
     return frame
+
+
+def _displayable(frame: pd.DataFrame) -> pd.DataFrame:
+    """File and class names as valid UTF-8, so that ``to_csv`` never fails on them."""
+    def clean(value: Any) -> Any:
+        return display_text(value) if isinstance(value, str) else value
+
+    out = frame.rename(columns=clean)
+    for column in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[column]):
+            out[column] = out[column].map(clean)
+    out.attrs["skipped"] = [tuple(map(clean, entry)) for entry in frame.attrs.get("skipped", [])]
+    return out
 
 
 def _extract_like(model: FittedModel, source: Path, batch_size: int, device: str,
