@@ -394,7 +394,13 @@ def unfreeze_option(function: F) -> F:
 @click.option("--out", "-o", type=click.Path(), help="Run folder (default: runs/<source>-<model>-strategy<N>-<time>).")
 @device_option
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on for CUDA).")
-@click.option("--seed", default=0, show_default=True, help="Makes CPU runs repeatable.")
+@click.option("--val-fraction", default=0.2, show_default=True,
+              help="When SOURCE has no val split: share of each class's training images held "
+              "out for early stopping (the images 'cnncodes compare' holds out with the same "
+              "--seed).")
+@click.option("--seed", default=0, show_default=True,
+              help="Makes CPU runs repeatable; also picks the held-out validation images when "
+              "SOURCE has no val split.")
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True,
               help="Format of the result row printed on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr; only the result row.")
@@ -447,12 +453,23 @@ def finetune(source: str, strategy: str, head: str | None, fmt: str, quiet: bool
 @click.option("--limit", type=int, help="Only the first N images of each split.")
 @click.option("--out", "-o", type=click.Path(), help="Folder for runs, table and plot (default: runs/compare-<source>-<time>).")
 @device_option
-@click.option("--seed", default=0, show_default=True)
+@click.option("--val-fraction", default=0.2, show_default=True,
+              help="When SOURCE has no val split: share of each class's training images held "
+              "out to choose on (C, the strategy-2 layer, the best epoch), the same images "
+              "for all four strategies. Test images are never used to choose.")
+@click.option("--seed", default=0, show_default=True,
+              help="Random state of every strategy; also picks the held-out validation images "
+              "when SOURCE has no val split.")
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Only the table.")
 def compare(source: str, layers: tuple[str, ...], head: str | None, fmt: str, quiet: bool,
             **options: Any) -> None:
-    """Strategies 1-4 on SOURCE (same split, same backbone): one table and one plot."""
+    """Strategies 1-4 on SOURCE (same split, same backbone): one table and one plot.
+
+    SOURCE needs training images; a val split is used as it is, otherwise --val-fraction
+    of each class's training images is held out (seeded) and every strategy chooses on
+    that same set. A test split is only scored, never chosen on.
+    """
     from .compare import CompareConfig
     from .compare import compare as run_compare
     from .finetune import parse_head
@@ -466,6 +483,8 @@ def compare(source: str, layers: tuple[str, ...], head: str | None, fmt: str, qu
     result = run_compare(config)
     click.echo(format_table(result.table, fmt))
     if not quiet:
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
         click.echo(f"runs, compare.csv and curves.png in {result.out}", err=True)
 
 

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import __version__
 from .backbones import DEFAULT_MODEL, load_backbone
@@ -30,6 +29,7 @@ from .errors import CnnCodesError
 from .extract import resolve_device
 from .layers import node_names
 from .paths import FINETUNE_FILE, default_runs_dir
+from .progress import Progress, log
 from .runtime import amp_dtype, tune_cpu_allocator
 from .sources import ImageDataset, ImageSource, collate_items, open_source
 from .surgery import HEAD_GROUP, install_head, layer_groups, unfrozen_groups
@@ -38,6 +38,7 @@ from .trainer import (
     ImageBank,
     build_optimizer,
     build_scheduler,
+    carve_validation,
     evaluate,
     head_features,
     plot_curves,
@@ -47,6 +48,7 @@ from .trainer import (
     train_transform,
     transform_from_spec,
     transform_spec,
+    validation_record,
     write_metrics,
 )
 
@@ -89,8 +91,10 @@ class FinetuneConfig:
 
     Attributes:
         source: image folder, CSV manifest or idx folder (see :func:`open_source`). Its
-            ``val`` split is used for early stopping; without one, ``val_fraction`` of the
-            training images is held out (stratified, seeded).
+            ``val`` split is used for early stopping; without one (only ``train`` and
+            ``test``, or no split at all), ``val_fraction`` of the readable training images
+            is held out, stratified by class and chosen by ``seed`` (see
+            :func:`cnncodes.trainer.carve_validation`; ``compare`` holds out the same).
         strategy: 3 (frozen body, new head) or 4 (later layers fine-tuned, MLP head).
         model, weights: the backbone, as for ``cnncodes extract``.
         unfreeze_from: strategy 4: the first node that trains (node name, index into the
@@ -114,11 +118,14 @@ class FinetuneConfig:
             group (from the top) at the start of each epoch.
         freeze_bn: keep the BatchNorm statistics of trainable layers as pretrained.
         val_fraction: share of the training images held out when the source has no val.
+        val_paths: the images to hold out instead (paths relative to the source, as in a
+            code store; ``compare`` passes its carve-out); only for sources without val.
         limit: first N images of each split only (quick experiments).
         out: run folder; default ``runs/<source>-<model>-strategy<N>-<time>`` (``$CNNCODES_RUNS``).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
         amp: mixed precision; default on for CUDA.
-        seed: makes CPU runs repeatable (initialisation, shuffling, augmentation).
+        seed: makes CPU runs repeatable (initialisation, shuffling, augmentation) and
+            chooses the held-out validation images when the source has no val.
         progress: show progress bars.
     """
 
@@ -142,6 +149,7 @@ class FinetuneConfig:
     progressive: bool = False
     freeze_bn: bool = True
     val_fraction: float = 0.2
+    val_paths: tuple[str, ...] | None = None
     limit: int | None = None
     out: str | None = None
     device: str = "auto"
@@ -185,8 +193,17 @@ class FinetuneConfig:
             raise CnnCodesError(f"--dropout must be in [0, 1); got {self.dropout!r}.")
         if self.patience < 0:
             raise CnnCodesError(f"--patience must be 0 (off) or more; got {self.patience!r}.")
-        if not 0 < self.val_fraction < 1:
-            raise CnnCodesError(f"val_fraction must be in (0, 1); got {self.val_fraction!r}.")
+        if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
+            raise CnnCodesError(
+                f"--val-fraction must be in (0, 1), e.g. 0.2; got {self.val_fraction!r}."
+            )
+        if self.val_paths is not None:
+            if isinstance(self.val_paths, str) or not self.val_paths:
+                raise CnnCodesError(
+                    "val_paths must be a non-empty sequence of image paths (relative to the "
+                    f"source), or None; got {self.val_paths!r}."
+                )
+            object.__setattr__(self, "val_paths", tuple(sorted(map(str, self.val_paths))))
 
     @property
     def head_sizes(self) -> tuple[int, ...]:
@@ -213,6 +230,8 @@ class FinetuneResult:
         test_accuracy: on the test split with the best weights, None without one.
         seconds: wall time of the whole run (decoding, training, evaluation).
         skipped: (path, reason) of images that could not be used.
+        validation: what early stopping and the best epoch were chosen on (see
+            :func:`cnncodes.trainer.validation_record`; the paths when carved or given).
     """
 
     run_dir: Path
@@ -229,6 +248,7 @@ class FinetuneResult:
     test_accuracy: float | None
     seconds: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    validation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def curves_path(self) -> Path:
@@ -273,8 +293,13 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
         raise TypeError("Pass either a FinetuneConfig or keyword options, not both.")
     started = time.perf_counter()
     generator = _seed_everything(config.seed)
-    source = open_source(config.source, limit=config.limit)
-    splits = split_positions(source, config.val_fraction, config.seed)
+    source = open_source(config.source, limit=config.limit, require_labels=True)
+    splits = split_positions(source)
+    if splits["val"] and config.val_paths is not None:
+        raise CnnCodesError(
+            f"val_paths hold images out of the training set, but {config.source!r} has its "
+            "own val split; leave val_paths out to use it."
+        )
     backbone = load_backbone(config.model, config.weights)
     names = node_names(backbone)
     model = backbone.model
@@ -313,17 +338,13 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
     run_dir = _run_dir(config, source)
     run_dir.mkdir(parents=True, exist_ok=True)
     eval_transform = backbone.transform
-    # Training images are augmented anyway: keep them at the resize size. Val and test
-    # images stay as decoded, so that accuracy here is accuracy at prediction time.
-    banks = {
-        "train": ImageBank(source, splits["train"], int(eval_transform.resize_size[0]),
-                           progress=config.progress, desc="decode train"),
-        "val": ImageBank(source, splits["val"], None, progress=config.progress, desc="decode val"),
-        "test": ImageBank(source, splits["test"], None, progress=config.progress,
-                          desc="decode test"),
-    }
+    banks, validation = _decode_splits(source, splits, config, int(eval_transform.resize_size[0]))
     kept = {p for bank in banks.values() for p in bank.positions}
     skipped = [entry for bank in banks.values() for entry in bank.skipped]
+    sizes = {split: len([p for p in splits[split] if p in kept]) for split in splits}
+    log("finetune", f"strategy {config.strategy}: {sizes['train']} training, {sizes['val']} "
+        f"validation ({validation['origin']}), {sizes['test']} test images",
+        enabled=config.progress)
 
     def loader(split: str, transform: Any, shuffle: bool) -> torch.utils.data.DataLoader:
         dataset = banks[split].dataset(splits[split], transform)
@@ -360,18 +381,18 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
     best: tuple[float, float] = (-1.0, float("inf"))
     best_epoch, waited = 0, 0
     checkpoint = run_dir / CHECKPOINT_FILE
-    bar = tqdm(total=steps, unit="step", disable=not config.progress, dynamic_ncols=True)
-    with bar:
-        for epoch in range(1, config.epochs + 1):
-            epoch_started = time.perf_counter()
-            unfrozen = order[: epoch - 1] if config.progressive else order
-            active = set(trainable_by_group[HEAD_GROUP])
-            for name in unfrozen:
-                active.update(trainable_by_group[name])
-            for name, parameter in params.items():
-                parameter.requires_grad_(name in active)
-            set_train_mode(model, active, freeze_bn=config.freeze_bn)
-            bar.set_description(f"strategy {config.strategy} epoch {epoch}/{config.epochs}")
+    for epoch in range(1, config.epochs + 1):
+        epoch_started = time.perf_counter()
+        unfrozen = order[: epoch - 1] if config.progressive else order
+        active = set(trainable_by_group[HEAD_GROUP])
+        for name in unfrozen:
+            active.update(trainable_by_group[name])
+        for name, parameter in params.items():
+            parameter.requires_grad_(name in active)
+        set_train_mode(model, active, freeze_bn=config.freeze_bn)
+        # One bar per epoch on a terminal; elsewhere one line per epoch, with its scores.
+        with Progress(total=len(train_batches), unit="step", enabled=config.progress,
+                      desc=f"strategy {config.strategy} epoch {epoch}/{config.epochs}") as bar:
             train_loss, train_accuracy = train_epoch(
                 train_model, train_batches, optimizer, scheduler, device=device, amp=amp,
                 scaler=scaler, bar=bar,
@@ -379,22 +400,22 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
             val_loss, val_accuracy, _ = evaluate(
                 model, val_batches, device=device, amp=amp, head=head if body_frozen else None
             )
-            record = EpochRecord(
-                epoch, optimizer.param_groups[-1]["lr"], train_loss, train_accuracy, val_loss,
-                val_accuracy, time.perf_counter() - epoch_started,
-                "+".join([*reversed(unfrozen), HEAD_GROUP]),
-            )
-            history.append(record)
-            write_metrics(run_dir / "metrics.csv", history)
             bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_accuracy:.3f}",
                             val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.3f}")
-            if (val_accuracy, -val_loss) > (best[0], -best[1]):
-                best, best_epoch, waited = (val_accuracy, val_loss), epoch, 0
-                _save(model, checkpoint)
-            else:
-                waited += 1
-                if config.patience and waited >= config.patience:
-                    break
+        record = EpochRecord(
+            epoch, optimizer.param_groups[-1]["lr"], train_loss, train_accuracy, val_loss,
+            val_accuracy, time.perf_counter() - epoch_started,
+            "+".join([*reversed(unfrozen), HEAD_GROUP]),
+        )
+        history.append(record)
+        write_metrics(run_dir / "metrics.csv", history)
+        if (val_accuracy, -val_loss) > (best[0], -best[1]):
+            best, best_epoch, waited = (val_accuracy, val_loss), epoch, 0
+            _save(model, checkpoint)
+        else:
+            waited += 1
+            if config.patience and waited >= config.patience:
+                break
 
     model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
     for parameter in model.parameters():
@@ -422,7 +443,7 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
         groups=group_rows, history=history, best_epoch=best_epoch,
         val_accuracy=best_record.val_accuracy, val_loss=best_record.val_loss,
         train_accuracy=best_record.train_accuracy, test_accuracy=test_accuracy,
-        seconds=time.perf_counter() - started, skipped=skipped,
+        seconds=time.perf_counter() - started, skipped=skipped, validation=validation,
     )
     plot_curves({f"strategy {config.strategy}": history}, result.curves_path,
                 title=f"{backbone.name} on {source.name}: {result.trained}")
@@ -430,7 +451,9 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
         "format": "cnncodes-finetune",
         "cnncodes_version": __version__,
         "torch_version": torch.__version__,
-        "config": asdict(config),
+        # the held-out paths, when given, are under "validation"
+        "config": {k: v for k, v in asdict(config).items() if k != "val_paths"},
+        "validation": validation,
         "model": backbone.name,
         "weights": backbone.weights,
         "weights_sha256": backbone.weights_sha256,
@@ -448,14 +471,76 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
             "epochs_run": len(history), "val_accuracy": result.val_accuracy,
             "val_loss": result.val_loss, "train_accuracy": result.train_accuracy,
             "test_accuracy": test_accuracy, "seconds": round(result.seconds, 2),
-            "n_train": len([p for p in splits["train"] if p in kept]),
-            "n_val": len([p for p in splits["val"] if p in kept]),
-            "n_test": len([p for p in splits["test"] if p in kept]),
+            "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"],
         },
         "skipped": [list(s) for s in skipped],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # the columns of 'cnncodes report' (cnncodes.report.RUN_COLUMNS) this run has
+        "row": {
+            "run": run_dir.name, "backbone": backbone.name, "weights": backbone.weights,
+            "layer": start, "pipeline": f"finetune strategy {config.strategy}",
+            "params": result.trained, "selected_on": "val", "n_train": sizes["train"],
+            "train_accuracy": result.train_accuracy, "val_accuracy": result.val_accuracy,
+            "test_accuracy": test_accuracy, "fit_seconds": round(result.seconds, 3),
+        },
     })
     return result
+
+
+def _decode_splits(
+    source: ImageSource, splits: dict[str, list[int]], config: FinetuneConfig, side: int,
+) -> tuple[dict[str, ImageBank], dict[str, Any]]:
+    """Decode every split once; hold a validation set out of train when there is no val.
+
+    Training images are augmented anyway: they are kept at the resize size. Val and test
+    images stay as decoded, so that accuracy here is accuracy at prediction time. A
+    carve-out is drawn from the training images that decoded, as a code store of the
+    source holds them, so that ``compare``'s strategies 1-2 and 3-4 agree on it; its
+    images are then decoded again at full size (a fifth of train, by default).
+
+    Updates ``splits["train"]`` and ``splits["val"]`` in place when it holds images out.
+    """
+    progress = config.progress
+    banks = {"train": ImageBank(source, splits["train"], side, progress=progress,
+                                desc="decode train")}
+    validation: dict[str, Any] = {}
+    if not splits["val"]:
+        readable = banks["train"].positions
+        paths = [source.items[p].path for p in readable]
+        if config.val_paths is not None:
+            missing = sorted(set(config.val_paths) - set(paths))
+            if missing:
+                raise CnnCodesError(
+                    f"{len(missing)} of the {len(config.val_paths)} val_paths are not readable "
+                    f"training images of {config.source!r} (first: {missing[0]!r}); give paths "
+                    "relative to the source, as a code store lists them."
+                )
+            chosen = list(config.val_paths)
+            validation = validation_record(chosen, origin="given")
+        else:
+            labels = [source.items[p].label for p in readable]
+            chosen = carve_validation(paths, labels, config.val_fraction, config.seed)
+            validation = validation_record(
+                chosen, origin="carved from train" if source.has_split else "carved from all",
+                fraction=config.val_fraction, seed=config.seed,
+            )
+        held_out = set(chosen)
+        splits["val"] = [p for p in splits["train"] if source.items[p].path in held_out]
+        splits["train"] = [p for p in splits["train"] if source.items[p].path not in held_out]
+        banks["train"].drop(splits["val"])
+    if not banks["train"].positions or not splits["val"]:
+        raise CnnCodesError(
+            f"Source {str(source.root)!r} has {len(banks['train'].positions)} readable "
+            f"training and {len(splits['val'])} validation images; fine-tuning needs both "
+            "(at least two images of a class to hold one out, or a val/ folder)."
+        )
+    banks["val"] = ImageBank(source, splits["val"], None, progress=progress, desc="decode val")
+    banks["test"] = ImageBank(source, splits["test"], None, progress=progress, desc="decode test")
+    if not validation:  # the source's own val split: the images of it that decoded
+        validation = validation_record(
+            [source.items[p].path for p in banks["val"].positions], origin="val split"
+        )
+    return banks, validation
 
 
 def _save(model: nn.Module, path: Path) -> None:
@@ -489,8 +574,14 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, Any, list[str]
     head = meta["head"]
     install_head(backbone.model, len(meta["classes"]), hidden=head["hidden"],
                  replace_fc=head["replace_fc"], dropout=head["dropout"])
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    backbone.model.load_state_dict(state)
+    try:  # weights_only: a pickle that would run code is refused, nothing runs
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        backbone.model.load_state_dict(state)
+    except Exception as error:  # noqa: BLE001 - any failure here means an unusable file
+        raise CnnCodesError(
+            f"Run {str(run)!r}: {CHECKPOINT_FILE} could not be read as a PyTorch state dict "
+            f"({error.__class__.__name__}); fine-tune it again."
+        ) from None
     return backbone.model.eval(), transform_from_spec(meta["transform"]), meta["classes"], meta
 
 
@@ -517,20 +608,21 @@ def predict_run(
     )
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
-    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        skipped += [(source.items[p].path, reason) for p, reason in batch["skipped"]]
-        if batch["images"] is None:
-            continue
-        probabilities = model(batch["images"].to(target)).float().softmax(1).cpu().numpy()
-        for position, row in zip(batch["positions"], probabilities, strict=True):
-            item = source.items[position]
-            label = source.classes[item.label] if 0 <= item.label < len(source.classes) else ""
-            entry: dict[str, Any] = {"path": item.path, "label": label}
-            if source.has_split:
-                entry["split"] = item.split
-            entry["predicted"] = classes[int(row.argmax())]
-            entry.update({f"proba_{name}": float(p) for name, p in zip(classes, row, strict=True)})
-            rows.append(entry)
+    with Progress(loader, desc="predict", unit="batch", enabled=progress, leave=False) as bar:
+        for batch in bar:
+            skipped += [(source.items[p].path, reason) for p, reason in batch["skipped"]]
+            if batch["images"] is None:
+                continue
+            probabilities = model(batch["images"].to(target)).float().softmax(1).cpu().numpy()
+            for position, row in zip(batch["positions"], probabilities, strict=True):
+                item = source.items[position]
+                label = source.classes[item.label] if 0 <= item.label < len(source.classes) else ""
+                entry: dict[str, Any] = {"path": item.path, "label": label}
+                if source.has_split:
+                    entry["split"] = item.split
+                entry["predicted"] = classes[int(row.argmax())]
+                entry.update({f"proba_{name}": float(p) for name, p in zip(classes, row, strict=True)})
+                rows.append(entry)
     frame = pd.DataFrame(rows)
     frame.attrs["skipped"] = skipped
     return frame

@@ -3,7 +3,9 @@
 ``fit_pipeline`` uses the store's split: it trains on ``train``, selects hyper-parameters
 on ``val`` when there is one (stratified k-fold CV on ``train`` otherwise, and on every
 row when the store has no split), reports on ``val`` and ``test``, and saves the fitted
-pipeline with its metadata in a run folder (see :mod:`cnncodes.model`).
+pipeline with its metadata in a run folder (see :mod:`cnncodes.model`). ``val_paths``
+holds named training rows out instead, as ``compare`` does for a source without val, so
+that every strategy is chosen on the same images; the store itself is not changed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import importlib.util
 import os
 import platform
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -30,8 +33,10 @@ from . import __version__
 from .errors import CnnCodesError
 from .model import PREDICTIONS_FILE, save_model
 from .paths import default_runs_dir, safe_name
+from .progress import log
 from .search import SearchResult, search_pipeline
 from .store import CodeStore
+from .trainer import validation_record
 
 __all__ = ["FitConfig", "FitResult", "fit_pipeline", "load_pipeline_module", "default_runs_dir",
            "REFIT_CHOICES"]
@@ -96,7 +101,10 @@ class FitConfig:
         out: run folder; default ``runs/<store stem>-<clf>-<layer>``.
         refit_on: ``train``, or ``train+val`` to refit on both after selection.
         seed: random state of folds and of every estimator that takes one.
-        progress: print a line per stage.
+        progress: print a line per stage (on stderr).
+        val_paths: training rows to hold out as the validation set (the store's
+            ``file_paths``: relative to the source, as its listing names them), for a store
+            without a val split; None: the store's val split, or cross-validation without one.
     """
 
     clf: str = "logreg"
@@ -108,8 +116,16 @@ class FitConfig:
     refit_on: str = "train"
     seed: int = 0
     progress: bool = True
+    val_paths: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.val_paths is not None:
+            if isinstance(self.val_paths, str) or not self.val_paths:
+                raise CnnCodesError(
+                    "val_paths must be a non-empty collection of image paths as the store "
+                    f"lists them, or None; got {self.val_paths!r}."
+                )
+            object.__setattr__(self, "val_paths", tuple(sorted(map(str, self.val_paths))))
         if self.refit_on not in REFIT_CHOICES:
             raise CnnCodesError(
                 f"refit_on must be one of {', '.join(REFIT_CHOICES)}; got {self.refit_on!r}."
@@ -209,9 +225,12 @@ def _check_data(store: CodeStore, y: np.ndarray, rows: dict[str, np.ndarray], co
         counts = np.bincount(y[rows["train"]])
         smallest = int(counts[counts > 0].min())
         if smallest < config.cv:
+            fix = (f"lower --cv to {smallest} or less" if smallest >= 2 else
+                   "add training images to that class, or give a val split (folder or "
+                   "CSV split column) so that no CV is needed")
             raise CnnCodesError(
                 f"cv={config.cv} needs at least {config.cv} training images per class, but a "
-                f"class of {name!r} has {smallest}; lower --cv to {max(2, smallest)} or less."
+                f"class of {name!r} has {smallest}; {fix}."
             )
     if config.pca is not None:
         n_fit = len(rows["train"]) if selection == "val" else len(rows["train"]) * (config.cv - 1) // config.cv
@@ -234,21 +253,26 @@ def fit_pipeline(
     refit_on: str = "train",
     seed: int = 0,
     progress: bool = True,
+    val_paths: Collection[str] | None = None,
 ) -> FitResult:
     """Train, tune, evaluate and save a pipeline on one layer of a code store.
 
     Args:
         store: a code store path or an open :class:`CodeStore`.
         clf, layer, cv, pca, l2norm, out, refit_on, seed, progress: see :class:`FitConfig`.
+        val_paths: training rows (by path) held out to select on, for a store without a
+            val split (see :func:`cnncodes.trainer.carve_validation`).
 
     Returns:
         The run folder, chosen hyper-parameters, metrics and report row.
 
     Raises:
         CnnCodesError: unknown pipeline or layer, no train split, a single class, an empty
-            store, or options the data cannot support.
+            store, options the data cannot support, or ``val_paths`` that are not training
+            rows of a store without val.
     """
-    config = FitConfig(clf, layer, cv, pca, l2norm, out, refit_on, seed, progress)
+    config = FitConfig(clf, layer, cv, pca, l2norm, out, refit_on, seed, progress,
+                       None if val_paths is None else tuple(val_paths))
     if isinstance(store, CodeStore):
         return _fit(store, config)
     with CodeStore(store) as opened:
@@ -256,8 +280,28 @@ def fit_pipeline(
 
 
 def _log(config: FitConfig, message: str) -> None:
-    if config.progress:
-        print(f"[fit] {message}", flush=True)
+    log("fit", message, enabled=config.progress)
+
+
+def _hold_out(store: CodeStore, rows: dict[str, np.ndarray], val_paths: tuple[str, ...]) -> None:
+    """Move the training rows named in ``val_paths`` to ``rows["val"]`` (in place)."""
+    name = store.path.name
+    if len(rows["val"]):
+        raise CnnCodesError(
+            f"val_paths hold training rows out for validation, but {name!r} has its own "
+            "val split; leave val_paths out to select on it."
+        )
+    train_paths = np.asarray(store.file_paths, dtype=object)[rows["train"]]
+    missing = sorted(set(val_paths) - set(train_paths.tolist()))
+    if missing:
+        raise CnnCodesError(
+            f"{len(missing)} of the {len(val_paths)} val_paths are not training rows of "
+            f"{name!r} (first: {missing[0]!r}); validation images come from train, never "
+            "from test. Give paths as the store lists them (relative to the source)."
+        )
+    held_out = np.isin(train_paths, np.asarray(val_paths, dtype=object))
+    rows["val"] = rows["train"][held_out]
+    rows["train"] = rows["train"][~held_out]
 
 
 def _fit(store: CodeStore, config: FitConfig) -> FitResult:
@@ -272,6 +316,8 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
         split = np.where(labeled, "train", "")
     split = np.where(labeled, split, "")
     rows = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
+    if config.val_paths is not None:
+        _hold_out(store, rows, config.val_paths)
     selection = "val" if len(rows["val"]) else "cv"
     _check_data(store, y, rows, config, selection, dim)
     X = store.codes(layer)
@@ -319,7 +365,7 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
                                          "cv_accuracy", "mean_per_class_accuracy", "macro_f1",
                                          "fit_seconds")},
     }
-    metadata = _metadata(store, config, module, layer, dim, found, metrics, row, clf_name)
+    metadata = _metadata(store, config, module, layer, dim, found, metrics, row, clf_name, rows)
     model_path = save_model(run_dir, final, metadata)
     _predictions_frame(store, y, held_out).to_csv(run_dir / PREDICTIONS_FILE, index=False)
     return FitResult(run_dir, model_path, found.best_params, metrics, row, metadata, final, found)
@@ -418,8 +464,15 @@ def _versions() -> dict[str, str]:
 
 def _metadata(store: CodeStore, config: FitConfig, module: ModuleType, layer: str, dim: int,
               found: SearchResult, metrics: dict[str, Any], row: dict[str, Any],
-              clf_name: str) -> dict[str, Any]:
+              clf_name: str, rows: dict[str, np.ndarray]) -> dict[str, Any]:
     attrs = store.attrs
+    validation = None  # cross-validation on train
+    if len(rows["val"]):
+        paths = store.file_paths
+        validation = validation_record(
+            [paths[i] for i in rows["val"]],
+            origin="given" if config.val_paths is not None else "val split",
+        )
     layers, specs = store.layers, [str(s) for s in attrs.get("layer_specs", [])]
     spec = specs[layers.index(layer)] if len(specs) == len(layers) else layer
     return {
@@ -436,6 +489,7 @@ def _metadata(store: CodeStore, config: FitConfig, module: ModuleType, layer: st
         "layer": layer, "layer_spec": spec, "code_dim": dim, "classes": store.classes,
         "params": found.best_params, "pca": config.pca, "l2norm": config.l2norm,
         "refit_on": config.refit_on, "seed": config.seed, "cv": config.cv,
+        "validation": validation,
         "search": {"space": dict(getattr(module, "search_space", {})),
                    "path_parameter": getattr(module, "path_parameter", None),
                    "candidates": found.candidates},

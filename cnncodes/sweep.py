@@ -21,6 +21,7 @@ from .backbones import DEFAULT_MODEL, Backbone, load_backbone
 from .errors import CnnCodesError
 from .layers import check_pool, is_spatial, list_layers, node_names, resolve_layers
 from .paths import safe_name
+from .progress import log
 from .store import CodeStore
 
 __all__ = [
@@ -162,7 +163,7 @@ class SweepConfig:
         store: where the code store goes (default: the extraction cache).
         clf, cv, pca, l2norm, refit_on, seed: as for :func:`cnncodes.fit.fit_pipeline`.
         out: folder for the table, the PNG and one run folder per layer.
-        progress: print progress.
+        progress: progress lines and bars (on stderr).
     """
 
     source: str
@@ -210,8 +211,7 @@ class SweepResult:
 
 
 def _log(config: SweepConfig, message: str) -> None:
-    if config.progress:
-        print(f"[sweep] {message}", flush=True)
+    log("sweep", message, enabled=config.progress)
 
 
 def _store_layers(config: SweepConfig) -> tuple[Path, list[str], dict[str, int]]:

@@ -10,25 +10,25 @@ once and only the head runs afterwards.
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
-from tqdm.auto import tqdm
 
 from .errors import CnnCodesError
+from .progress import Progress
 from .runtime import amp_dtype
 from .sources import ImageSource
 
@@ -38,6 +38,7 @@ __all__ = [
     "MemoryMonitor",
     "build_optimizer",
     "build_scheduler",
+    "carve_validation",
     "evaluate",
     "head_features",
     "plot_curves",
@@ -47,6 +48,7 @@ __all__ = [
     "train_transform",
     "transform_from_spec",
     "transform_spec",
+    "validation_record",
     "write_metrics",
 ]
 
@@ -86,19 +88,27 @@ class ImageBank:
         self.images: dict[int, Image.Image] = {}
         self.skipped: list[tuple[str, str]] = []
         self.positions: list[int] = []
-        for position in tqdm(positions, desc=desc, unit="img", disable=not progress,
-                             leave=False, dynamic_ncols=True):
-            item = source.items[position]
-            image, reason = source.read(item)
-            if image is None:
-                self.skipped.append((item.path, reason))
-                continue
-            scale = side / min(image.size) if side else 1.0
-            if side and scale < 1:
-                size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
-                image = image.resize(size, Image.Resampling.BICUBIC)
-            self.images[position] = image
-            self.positions.append(position)
+        with Progress(positions, desc=desc, unit="img", enabled=progress, leave=False) as bar:
+            for position in bar:
+                item = source.items[position]
+                image, reason = source.read(item)
+                if image is None:
+                    self.skipped.append((item.path, reason))
+                    bar.set_postfix(skipped=len(self.skipped))
+                    continue
+                scale = side / min(image.size) if side else 1.0
+                if side and scale < 1:
+                    size = (max(side, round(image.width * scale)),
+                            max(side, round(image.height * scale)))
+                    image = image.resize(size, Image.Resampling.BICUBIC)
+                self.images[position] = image
+                self.positions.append(position)
+
+    def drop(self, positions: Collection[int]) -> None:
+        """Forget the images at ``positions`` (moved to another bank)."""
+        for position in positions:
+            self.images.pop(position, None)
+        self.positions = [p for p in self.positions if p in self.images]
 
     def dataset(self, positions: Sequence[int], transform: Callable) -> torch.utils.data.Dataset:
         """(tensor, label) pairs of the kept images among ``positions`` under ``transform``."""
@@ -118,30 +128,89 @@ class _BankDataset(torch.utils.data.Dataset):
         return self.transform(self.bank.images[position]), label
 
 
-def split_positions(source: ImageSource, val_fraction: float, seed: int) -> dict[str, list[int]]:
-    """Item positions per split; holds out a stratified val share when there is none."""
+def split_positions(source: ImageSource) -> dict[str, list[int]]:
+    """Positions of the labelled items per split, as the source gives them.
+
+    Items without a split (a folder without train/val/test) count as training items;
+    ``val`` is empty when the source has none (see :func:`carve_validation`).
+
+    Raises:
+        CnnCodesError: no labelled training image.
+    """
     splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for position, item in enumerate(source.items):
-        if item.label < 0:
-            continue
-        splits.setdefault(item.split or "train", []).append(position)
-    if not splits["val"]:
-        rng = np.random.default_rng(seed)
-        train, val = [], []
-        for label in sorted({source.items[p].label for p in splits["train"]}):
-            members = [p for p in splits["train"] if source.items[p].label == label]
-            rng.shuffle(members)
-            cut = max(1, round(len(members) * val_fraction)) if len(members) > 1 else 0
-            val += members[:cut]
-            train += members[cut:]
-        splits["train"], splits["val"] = sorted(train), sorted(val)
-    if not splits["train"] or not splits["val"]:
+        if item.label >= 0:
+            splits.setdefault(item.split or "train", []).append(position)
+    if not splits["train"]:
         raise CnnCodesError(
-            f"Source {str(source.root)!r} has {len(splits['train'])} labelled training and "
-            f"{len(splits['val'])} val images; fine-tuning needs both (class sub-folders, "
-            "optionally under train/ and val/)."
+            f"Source {str(source.root)!r} has no labelled training images; fine-tuning needs "
+            "class sub-folders (optionally under train/, with val/ and test/ beside it)."
         )
     return splits
+
+
+def _rank(seed: int, path: str) -> bytes:
+    # surrogateescape: names that are not UTF-8 keep their os.fsdecode form in listings
+    return hashlib.sha256(f"{seed}\0{path}".encode("utf-8", "surrogateescape")).digest()
+
+
+def carve_validation(
+    paths: Sequence[str], labels: Sequence[int], fraction: float, seed: int
+) -> list[str]:
+    """The validation share of a training set, stratified by class and keyed by path.
+
+    Within each class the paths are ordered by a seeded hash of the path and the first
+    ``round(fraction * n)`` (at least one, none of a class of one) are held out. The
+    result depends only on the (path, label) pairs, ``fraction`` and ``seed``, not on their
+    order: a code store's training rows and a source's readable training items give the
+    same set, which is how ``compare`` validates all four strategies on the same images.
+
+    Args:
+        paths: paths of the training items (relative to the source, as stores keep them).
+        labels: their class indices.
+        fraction: share held out, in (0, 1).
+        seed: another seed gives another set.
+
+    Returns:
+        The held-out paths, sorted.
+    """
+    if not 0 < fraction < 1:
+        raise CnnCodesError(f"val_fraction must be in (0, 1); got {fraction!r}.")
+    by_class: dict[int, list[str]] = {}
+    for path, label in zip(paths, labels, strict=True):
+        by_class.setdefault(int(label), []).append(path)
+    held_out: list[str] = []
+    for members in by_class.values():
+        members.sort(key=lambda path: _rank(seed, path))
+        cut = max(1, round(len(members) * fraction)) if len(members) > 1 else 0
+        held_out += members[:cut]
+    return sorted(held_out)
+
+
+def validation_record(
+    paths: Collection[str], *, origin: str, fraction: float | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """What a run writes about the images it chose on (``validation`` in its JSON).
+
+    Args:
+        paths: the validation images' paths.
+        origin: ``val split`` (the source's own), ``carved from train``, ``carved from
+            all`` (a source without splits) or ``given``.
+        fraction, seed: the carve-out's settings, when carved.
+
+    Returns:
+        origin, fraction, seed, count, the sha256 of the sorted paths (one per line) and,
+        unless the source's own val split, the paths themselves.
+    """
+    ordered = sorted(paths)
+    record: dict[str, Any] = {
+        "origin": origin, "fraction": fraction, "seed": seed, "count": len(ordered),
+        "sha256": hashlib.sha256("\n".join(ordered).encode("utf-8", "surrogateescape")).hexdigest(),
+    }
+    if origin != "val split":
+        record["paths"] = ordered
+    return record
 
 
 def transform_spec(transform: Any) -> dict[str, Any]:
@@ -254,13 +323,13 @@ def train_epoch(
         correct += int((logits.argmax(1) == labels).sum())
         seen += len(labels)
         bar.update(1)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
 def _to_device(images: torch.Tensor, labels: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     images = images.to(device, non_blocking=True)
-    if device.type == "cuda":
+    if device.type == "cuda" and images.dim() == 4:  # not the head's features (--no-augment)
         images = images.contiguous(memory_format=torch.channels_last)
     return images, torch.as_tensor(labels).to(device)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ from cnncodes.cli import main
 from cnncodes.finetune import FinetuneConfig, finetune, load_run, parse_head, predict_run
 from cnncodes.layers import node_names
 from cnncodes.surgery import install_head, layer_groups, unfrozen_groups
+from cnncodes.trainer import carve_validation
+
+from .conftest import write_image_folder
 
 # the module, not the function that cnncodes exports under the same name
 finetune_module = importlib.import_module("cnncodes.finetune")
@@ -166,7 +170,7 @@ def test_end_to_end_cli_run_then_predict(small_hymenoptera: Path, tmp_path: Path
     result = runner.invoke(main, ["finetune", str(small_hymenoptera), "--strategy", "4",
                                   "--head", "32", "--epochs", "1", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
-    assert "val accuracy" in result.output
+    assert "val_accuracy" in result.output  # the run's row of 'cnncodes report'
     assert "skipped train/ants/imageNotFound.gif: not an image type" in result.output
     assert "skipped train/bees/broken.jpg: unreadable image" in result.output
     for name in ("model.pt", "metrics.csv", "finetune.json", "curves.png"):
@@ -224,6 +228,8 @@ def test_alexnet_replace_fc_rebuilds_the_last_two_linear_layers() -> None:
         ({"unfreeze_from": "layer4"}, r"--unfreeze-from and --progressive apply to strategy 4"),
         ({"lr": -1.0}, r"--lr must be a positive number; got -1\.0\."),
         ({"optimizer": "adam"}, r"optimizer 'adam' is not one of adamw, sgd\."),
+        ({"val_fraction": 1.0}, r"--val-fraction must be in \(0, 1\), e\.g\. 0\.2; got 1\.0\."),
+        ({"val_paths": ()}, r"val_paths must be a non-empty sequence of image paths"),
     ],
 )
 def test_bad_options_are_named_with_the_fix(options: dict, message: str) -> None:
@@ -268,3 +274,73 @@ def test_strategy4_on_cuda_with_mixed_precision(small_hymenoptera: Path, tmp_pat
     meta = json.loads((result.run_dir / "finetune.json").read_text())
     assert meta["amp"] is True and meta["device"].startswith("cuda")
     assert 0 <= result.val_accuracy <= 1
+
+
+def test_carve_validation_is_stratified_seeded_and_independent_of_order() -> None:
+    paths = [f"train/{name}/{i:02d}.jpg" for name in ("ants", "bees", "wasp") for i in range(10)]
+    labels = [0] * 10 + [1] * 10 + [2] * 10
+    held_out = carve_validation(paths, labels, 0.2, seed=0)
+    assert held_out == sorted(held_out) and len(held_out) == 6
+    assert [sum(p.split("/")[1] == name for p in held_out) for name in ("ants", "bees", "wasp")] == [2, 2, 2]
+    # keyed by path: any order and any subset that keeps a class's paths gives the same share
+    assert carve_validation(paths[::-1], labels[::-1], 0.2, seed=0) == held_out
+    assert carve_validation(paths[:10], labels[:10], 0.2, seed=0) == held_out[:2]
+    assert carve_validation(paths, labels, 0.2, seed=1) != held_out
+    assert carve_validation(["a.jpg", "b.jpg", "c.jpg"], [0, 0, 1], 0.2, seed=0) in (["a.jpg"], ["b.jpg"])
+    with pytest.raises(CnnCodesError, match=r"val_fraction must be in \(0, 1\); got 0"):
+        carve_validation(paths, labels, 0, seed=0)
+
+
+def _train_test_folders(root: Path) -> tuple[Path, Path]:
+    """Two train/test-only sources with the same training images and the same test images
+    under swapped labels: what is chosen on val must not tell them apart."""
+    first = write_image_folder(root / "a", per_class=5, split="train", size=32)
+    write_image_folder(first, per_class=2, split="test", size=32)
+    second = write_image_folder(root / "b", per_class=5, split="train", size=32)
+    write_image_folder(second, per_class=2, split="test", size=32)
+    (second / "test" / "cats").rename(second / "test" / "swap")
+    (second / "test" / "dogs").rename(second / "test" / "cats")
+    (second / "test" / "swap").rename(second / "test" / "dogs")
+    return first, second
+
+
+def test_train_and_test_only_holds_validation_out_of_train_and_never_chooses_on_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = _train_test_folders(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    runs = [finetune(source=str(folder), strategy=3, epochs=2, patience=0, augment=False,
+                     lr=0.05, out=f"run-{folder.name}", progress=False)
+            for folder in (first, second)]
+    validation = runs[0].validation
+    assert validation["origin"] == "carved from train" and validation["count"] == 2
+    assert validation["fraction"] == 0.2 and validation["seed"] == 0
+    assert all(path.startswith("train/") for path in validation["paths"])
+    assert validation == runs[1].validation
+    meta = json.loads((tmp_path / "run-a" / "finetune.json").read_text())
+    assert meta["validation"] == validation and "val_paths" not in meta["config"]
+    assert (meta["result"]["n_train"], meta["result"]["n_val"], meta["result"]["n_test"]) == (8, 2, 4)
+    # swapped test labels: the same epochs, scores and best epoch; only the test score moves
+    assert [r.val_loss for r in runs[0].history] == [r.val_loss for r in runs[1].history]
+    assert runs[0].best_epoch == runs[1].best_epoch
+    assert runs[1].test_accuracy == pytest.approx(1 - runs[0].test_accuracy)
+
+
+def test_given_val_paths_must_be_readable_training_images(tmp_path: Path, capsys) -> None:
+    folder = write_image_folder(tmp_path / "flat", per_class=3, size=32)
+    result = finetune(source=str(folder), epochs=1, val_paths=["cats/cats_0.jpg", "dogs/dogs_2.jpg"],
+                      out=str(tmp_path / "run"), progress=True)
+    captured = capsys.readouterr()  # stderr is no terminal here: one line per stage and epoch
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert [line.split("]")[0] + "]" for line in lines] == [
+        "[decode train]", "[decode val]", "[decode test]", "[finetune]", "[strategy 3 epoch 1/1]"]
+    assert lines[3] == "[finetune] strategy 3: 4 training, 2 validation (given), 0 test images"
+    assert re.fullmatch(r"\[strategy 3 epoch 1/1\] 1/1 step in .*, val_loss \d\.\d{3}, "
+                        r"val_acc \d\.\d{3}", lines[4])
+    assert result.validation["origin"] == "given"
+    assert result.validation["paths"] == ["cats/cats_0.jpg", "dogs/dogs_2.jpg"]
+    with pytest.raises(CnnCodesError, match=r"1 of the 2 val_paths are not readable training "
+                       r"images of .* \(first: 'cats/nope\.jpg'\)"):
+        finetune(source=str(folder), epochs=1, val_paths=["cats/nope.jpg", "dogs/dogs_2.jpg"],
+                 out=str(tmp_path / "run2"), progress=False)

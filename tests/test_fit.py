@@ -14,8 +14,10 @@ from sklearn.preprocessing import StandardScaler
 
 from cnncodes import CnnCodesError, CodeStore, extract, fit_pipeline, load_model
 from cnncodes.cli import main
+from cnncodes.compare import validation_set
 from cnncodes.pipelines import NAMES
 from cnncodes.search import search_pipeline
+from cnncodes.store import seal_store
 from tests.conftest import write_image_folder
 
 
@@ -110,7 +112,11 @@ def test_user_pipeline_file(hymenoptera_store: Path, tmp_path: Path) -> None:
     assert result.row["pipeline"] == "my_pipeline"
     assert result.best_params["ridge__alpha"] in (0.1, 10.0, 1000.0)
     assert len(result.search.candidates) == 3
-    assert type(load_model(result.run_dir).pipeline.steps[-1][1]).__name__ == "RidgeClassifier"
+    ridge = "sklearn.linear_model._ridge.RidgeClassifier"  # a user's file: trusted by name
+    with pytest.raises(CnnCodesError, match=r"your pipeline file .* pass --trust NAME"):
+        load_model(result.run_dir)
+    fitted = load_model(result.run_dir, trusted=[ridge]).pipeline
+    assert type(fitted.steps[-1][1]).__name__ == "RidgeClassifier"
 
 
 def test_search_warm_starts_and_stops_early_along_the_path() -> None:
@@ -169,6 +175,7 @@ def _copy_store(source: Path, target: Path, edit) -> Path:
         for key, value in old.attrs.items():
             new.attrs[key] = value
         edit(new)
+        seal_store(new)  # an edited store is otherwise refused as corrupted
     return target
 
 
@@ -205,7 +212,8 @@ def test_untrusted_types_are_refused_on_load(logreg_run, tmp_path: Path) -> None
     pipeline = Pipeline([("double", Doubler()), ("c", LogisticRegression())]).fit(
         np.eye(4), [0, 1, 0, 1])
     (run / "model.skops").write_bytes(skops.io.dumps(pipeline))
-    with pytest.raises(CnnCodesError, match=r"types that are not scikit-learn's: .*Doubler"):
+    with pytest.raises(CnnCodesError, match=r"holds types that cnncodes does not load by "
+                       r"default: tests\.helpers_pipeline\.Doubler; only if you made this run"):
         load_model(run)
     assert load_model(run, trusted=["tests.helpers_pipeline.Doubler"]).pipeline is not None
 
@@ -229,6 +237,7 @@ def _write_store(path: Path, *, labels, split=None, dim: int = 8) -> Path:
         handle.create_dataset("skipped/reason", data=np.array([], dtype=object), dtype=strings)
         handle.attrs.update({"cnncodes_version": "0.1.0", "complete": True, "backbone": "x",
                              "layers": json.dumps(["feat"]), "layer_specs": json.dumps(["-2"])})
+        seal_store(handle)
     return path
 
 
@@ -278,8 +287,68 @@ def test_fit_cli_prints_its_report_row(hymenoptera_store: Path, tmp_path: Path, 
                                   "--layer", "-2", "--out", str(out), "--quiet",
                                   "--format", "csv"])
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
-    assert lines[0] == f"saved {out / 'model.skops'}"
-    header, row = lines[1].split(","), lines[2].split(",")
+    assert result.stderr == ""  # --quiet: the row alone, on stdout
+    header, row = (line.split(",") for line in result.stdout.strip().splitlines())
     assert header[:3] == ["run", "backbone", "weights"]
     assert float(row[header.index("val_accuracy")]) >= 0.93
+
+
+def _as_train_and_test(handle: h5py.File, *, swap_test_labels: bool = False) -> None:
+    """Turn the val split into test (how most published data comes); optionally give every
+    test image the other class. Values change in place: the store's layout stays valid."""
+    stored = handle["split"][:]
+    split = np.array([v.decode() if isinstance(v, bytes) else v for v in stored])
+    test = split == "val"
+    stored[test] = b"test" if isinstance(stored[0], bytes) else "test"
+    handle["split"][...] = stored
+    if swap_test_labels:
+        labels = handle["labels"][:]
+        labels[test] = 1 - labels[test]
+        handle["labels"][...] = labels
+
+
+def test_val_paths_select_on_training_rows_and_never_on_test(hymenoptera_store, tmp_path):
+    stores = [_copy_store(hymenoptera_store, tmp_path / "a.h5", _as_train_and_test),
+              _copy_store(hymenoptera_store, tmp_path / "b.h5",
+                          lambda h: _as_train_and_test(h, swap_test_labels=True))]
+    validation = validation_set(stores[0])
+    assert validation == validation_set(stores[1])  # the test labels play no part
+    assert validation["origin"] == "carved from train" and validation["count"] == 49
+    assert all(path.startswith("train/") for path in validation["paths"])
+    first, second = (
+        fit_pipeline(store, layer="-2", val_paths=validation["paths"], out=tmp_path / store.stem,
+                     progress=False)
+        for store in stores
+    )
+    metrics = first.metrics
+    assert metrics["selected_on"] == "val" and metrics["cv_accuracy"] is None
+    assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (244 - 49, 49, 153)
+    assert metrics["val_accuracy"] >= 0.85 and metrics["test_accuracy"] >= 0.85
+    recorded = json.loads((first.run_dir / "metadata.json").read_text())["validation"]
+    assert recorded["paths"] == validation["paths"] and recorded["sha256"] == validation["sha256"]
+    assert recorded["origin"] == "given"
+    # every test label swapped: the same C from the same scores; only the test score moves
+    assert second.best_params == first.best_params
+    searched = [[(c["params"], c["score"]) for c in run.metadata["search"]["candidates"]]
+                for run in (first, second)]
+    assert searched[0] == searched[1]
+    assert second.metrics["val_accuracy"] == metrics["val_accuracy"]
+    assert second.metrics["test_accuracy"] == pytest.approx(1 - metrics["test_accuracy"])
+
+    with CodeStore(stores[0]) as store:
+        test_path = next(p for p, s in zip(store.paths, store.split, strict=True) if s == "test")
+    with pytest.raises(CnnCodesError, match=r"1 of the 2 val_paths are not training rows of "
+                       r"'a\.h5' \(first: 'val/ants/.*'\); validation images come from train, "
+                       r"never from test"):
+        fit_pipeline(stores[0], val_paths=[validation["paths"][0], test_path], progress=False,
+                     out=tmp_path / "bad")
+    with pytest.raises(CnnCodesError, match=r"but 'hymenoptera\.h5' has its own val split"):
+        fit_pipeline(hymenoptera_store, val_paths=validation["paths"], progress=False,
+                     out=tmp_path / "bad")
+
+
+def test_progress_lines_go_to_stderr(random_weights_store: Path, tmp_path: Path, capsys) -> None:
+    fit_pipeline(random_weights_store, cv=3, out=tmp_path / "run", progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("[fit] logreg on global_pool.flatten (12 x 1280); selecting")

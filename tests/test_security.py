@@ -422,9 +422,6 @@ def test_hostile_weights_file_runs_nothing(evil_pth: Path, marker: Path, tmp_pat
     assert marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "no code runs (weights_only=True), but cnncodes.finetune.load_run lets torch.load's "
-    "pickle.UnpicklingError through as a traceback; remove this mark once it is caught"))
 def test_hostile_fine_tuned_checkpoint_runs_nothing(evil_pth: Path, marker: Path,
                                                     tmp_path: Path) -> None:
     from cnncodes.finetune import load_run

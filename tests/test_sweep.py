@@ -52,12 +52,16 @@ def test_bad_layer_lists_are_clear_errors(resnet18) -> None:
         sweep_layers(resnet18, " , ")
 
 
-def test_sweep_extracts_once_and_fits_every_layer(tiny_folder: Path, tmp_path: Path) -> None:
+def test_sweep_extracts_once_and_fits_every_layer(tiny_folder: Path, tmp_path: Path, capsys) -> None:
     result = sweep(
         source=str(tiny_folder), model="resnet18", weights="none", layers="-2,layer2,-1",
         clf="logreg", cv=2, workers=0, out=str(tmp_path / "sweep"),
-        store=str(tmp_path / "codes.h5"), progress=False,
+        store=str(tmp_path / "codes.h5"), progress=True,
     )
+    captured = capsys.readouterr()
+    assert captured.out == ""  # progress is for stderr; stdout is the command's data
+    assert "[sweep] extracting 3 layers in one pass" in captured.err
+    assert "[sweep] layer2.1.relu_1 (128-d): cv " in captured.err
     with CodeStore(result.store) as store:
         assert store.layers == ["flatten", "layer2.1.relu_1", "fc"]  # one store, all layers
     table = pd.read_csv(result.table_path)
@@ -80,7 +84,8 @@ def test_sweep_command_on_real_codes(hymenoptera_store: Path, runner, tmp_path: 
     assert table["layer"].tolist() == ["conv_head", "global_pool.flatten"]  # specs -5, -2
     # Real Lite0 codes separate ants from bees far above chance on the val split.
     assert (table["val_accuracy"] > 0.8).all()
-    assert (out / "sweep.png").is_file() and str(out / "sweep.png") in result.output
+    assert (out / "sweep.png").is_file()
+    assert result.stderr == "" and result.stdout.startswith("| layer ")  # -q: the table only
 
 
 def test_sweep_command_end_to_end_on_real_images(
@@ -96,16 +101,18 @@ def test_sweep_command_end_to_end_on_real_images(
     out = tmp_path / "sweep"
     result = runner.invoke(main, [
         "sweep", str(subset), "--layers", "-2,blocks.5", "--workers", "0",
-        "--store", str(tmp_path / "codes.h5"), "--out", str(out), "--quiet",
+        "--store", str(tmp_path / "codes.h5"), "--out", str(out),
     ])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "sweep.csv")
     assert table["layer"].tolist() == ["blocks.5.3.add", "global_pool.flatten"]
     assert table["code_dim"].tolist() == [192, 1280]
     assert table["val_accuracy"].between(0, 1).all()
-    assert "| global_pool.flatten |" in result.output
+    # stdout is the table alone; progress and where the files went are on stderr
+    assert result.stdout.startswith("| layer ") and "| global_pool.flatten |" in result.stdout
+    assert "[sweep]" not in result.stdout and "[sweep] extracting 2 layers" in result.stderr
     for name in ("sweep.csv", "sweep.md", "sweep.png"):
-        assert str(out / name) in result.output and (out / name).is_file()
+        assert f"wrote {out / name}" in result.stderr and (out / name).is_file()
 
 
 def test_sweep_command_mistakes_exit_2(runner, tmp_path: Path, tiny_folder: Path) -> None:
