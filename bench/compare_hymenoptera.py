@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from cnncodes.compare import compare
-from cnncodes.report import format_table
+from cnncodes.studies.compare import compare
+from cnncodes.studies.report import format_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera_data"

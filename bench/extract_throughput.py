@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from cnncodes import extract, load_backbone, open_source, resolve_layers
-from cnncodes.layers import CodeExtractor
+from cnncodes.nets.layers import CodeExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera_data"

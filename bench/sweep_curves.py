@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from cnncodes.sweep import sweep
+from cnncodes.studies.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

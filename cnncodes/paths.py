@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .errors import CnnCodesError
 
-__all__ = ["FINETUNE_FILE", "check_output_path", "default_cache_dir", "default_runs_dir",
-           "exclusive", "safe_name"]
+__all__ = ["CACHE_KINDS", "FINETUNE_FILE", "cache_root", "check_output_path", "default_cache_dir",
+           "default_dir", "default_runs_dir", "exclusive", "safe_name"]
 
 # Pseudo file systems: writing a store or a run there is never what a user meant.
 SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
@@ -23,14 +23,30 @@ FINETUNE_FILE = "finetune.json"
 """The metadata file that marks a fine-tuning run folder (``cnncodes finetune``)."""
 
 
-def default_cache_dir() -> Path:
-    """``$CNNCODES_CACHE`` or ``./cache``: where stores go when no ``out`` is given."""
+CACHE_KINDS = ("stores", "runs", "compare", "sweeps", "explain")
+"""The folders under the cache root, one per kind of output."""
+
+
+def cache_root() -> Path:
+    """``$CNNCODES_CACHE`` or ``./cache``: the one root of every default output."""
     return Path(os.environ.get("CNNCODES_CACHE", "cache"))
 
 
+def default_dir(kind: str) -> Path:
+    """Where outputs of ``kind`` (one of :data:`CACHE_KINDS`) go when no ``out`` is given."""
+    if kind not in CACHE_KINDS:
+        raise ValueError(f"unknown output kind {kind!r}; one of {CACHE_KINDS}")
+    return cache_root() / kind
+
+
+def default_cache_dir() -> Path:
+    """Where code stores go when no ``out`` is given: ``<cache root>/stores``."""
+    return default_dir("stores")
+
+
 def default_runs_dir() -> Path:
-    """``$CNNCODES_RUNS`` or ``./runs``: where run folders go when no ``out`` is given."""
-    return Path(os.environ.get("CNNCODES_RUNS", "runs"))
+    """Where run folders go when no ``out`` is given: ``<cache root>/runs``."""
+    return default_dir("runs")
 
 
 def safe_name(name: str) -> str:
@@ -39,7 +55,7 @@ def safe_name(name: str) -> str:
 
 
 def check_output_path(path: str | os.PathLike[str], *, folder: bool = False) -> Path:
-    """Check, before any work, that ``path`` can be written; create missing parent folders.
+    """Check, before any work, that ``path`` can be written; create its missing parents.
 
     ``folder`` says whether ``path`` names a folder (a run) or a file (a store, a CSV).
 
@@ -74,7 +90,7 @@ def check_output_path(path: str | os.PathLike[str], *, folder: bool = False) -> 
             f"{str(existing)!r}; choose a folder you can write to."
         )
     try:
-        (target if folder else target.parent).mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)  # the output itself comes at the end
     except OSError as error:
         raise CnnCodesError(
             f"Output {str(path)!r} cannot be created ({error.strerror}); choose another path."

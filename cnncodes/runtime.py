@@ -1,6 +1,9 @@
 """Process- and device-level settings for inference and training.
 
-:func:`amp_dtype` is the one answer to "which half precision on this device".
+:func:`setup_runtime` is the one device and precision set-up that extraction and
+fine-tuning share: which device, which autocast dtype (:func:`amp_dtype` is the one answer
+to "which half precision on this device"), channels-last on CUDA, and the CPU allocator
+tuning below.
 
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh
 ``mmap`` and gives it back with ``munmap`` on free, and trims the heap top after frees.
@@ -17,10 +20,14 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["amp_dtype", "tune_cpu_allocator"]
+from .errors import CnnCodesError
+
+__all__ = ["Runtime", "amp_dtype", "resolve_device", "setup_runtime", "tune_cpu_allocator"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -56,3 +63,74 @@ def tune_cpu_allocator() -> bool:
         mallopt(_M_TRIM_THRESHOLD, _THRESHOLD)
     )
     return _tuned
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; anything else is checked and used."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise CnnCodesError(
+            f"Device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N."
+        ) from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise CnnCodesError(
+            f"Device {device!r} was asked for but CUDA is not available here; use --device cpu."
+        )
+    return chosen
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in which precision a model runs.
+
+    Attributes:
+        device: the torch device.
+        precision: ``torch.float32``, or the autocast dtype when mixed precision is on.
+    """
+
+    device: torch.device
+    precision: torch.dtype
+
+    @property
+    def channels_last(self) -> bool:
+        """Convolutions run faster channels-last on CUDA; on a CPU it does not pay."""
+        return self.device.type == "cuda"
+
+    @property
+    def precision_name(self) -> str:
+        return str(self.precision).removeprefix("torch.")
+
+    def autocast(self) -> AbstractContextManager[object]:
+        """Mixed precision around a forward pass, or nothing for float32."""
+        if self.precision == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision)
+
+    def place(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Move ``module`` to the device (channels-last on CUDA)."""
+        module = module.to(self.device)
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
+
+    def images(self, batch: torch.Tensor) -> torch.Tensor:
+        """Move a batch of images to the device (channels-last on CUDA)."""
+        batch = batch.to(self.device, non_blocking=True)
+        if self.channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+
+def setup_runtime(device: str = "auto", amp: bool | None = None) -> Runtime:
+    """Resolve ``device``, choose the precision (``amp`` None: on for CUDA, off on CPU)
+    and tune the CPU allocator when running on the CPU.
+
+    Raises:
+        CnnCodesError: a device that is not one, or CUDA asked for where there is none.
+    """
+    chosen = resolve_device(device)
+    use_amp = chosen.type == "cuda" if amp is None else amp
+    if chosen.type == "cpu":
+        tune_cpu_allocator()
+    return Runtime(chosen, amp_dtype(chosen) if use_amp else torch.float32)

@@ -10,8 +10,14 @@ import torchvision
 from PIL import Image
 
 from cnncodes import CnnCodesError, load_backbone
-from cnncodes.backbones import torchvision_cache_path
-from cnncodes.layers import CodeExtractor, list_layers, pool_codes, resolve_layer, resolve_layers
+from cnncodes.nets.backbones import torchvision_cache_path
+from cnncodes.nets.layers import (
+    CodeExtractor,
+    list_layers,
+    pool_codes,
+    resolve_layer,
+    resolve_layers,
+)
 
 
 @pytest.mark.parametrize(

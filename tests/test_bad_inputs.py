@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cnncodes.sources as sources
+import cnncodes.data.decode as decode
+import cnncodes.data.sources as sources
 from cnncodes import CnnCodesError, open_source
-from cnncodes.sources import MAX_ASPECT, ImageSource, Item, display_path
+from cnncodes.data.sources import MAX_ASPECT, ImageSource, Item, display_path
 
 
 def _jpeg_bytes(size=(40, 48), colour=(200, 30, 30)) -> bytes:
@@ -156,7 +157,7 @@ def test_every_good_file_decodes_to_bounded_rgb(decoded) -> None:
         assert image.mode == "RGB"
         width, height = image.size
         assert max(width, height) <= MAX_ASPECT * min(width, height)
-        assert min(width, height) < 2 * sources.DRAFT_MIN_SIDE
+        assert min(width, height) < 2 * decode.DRAFT_MIN_SIDE
     assert results["cats/wide.png"][0].size == (4, 1)
     assert results["cats/tall.png"][0].size == (1, 4)
     assert results["cats/big.png"][0].size == (1_050, 550)  # reduced 2x after decoding
@@ -304,7 +305,7 @@ def test_split_whose_every_file_is_skipped_warns(tmp_path: Path) -> None:
 
 
 def test_backbone_transform_of_extreme_aspect_images_stays_small(decoded) -> None:
-    from cnncodes.backbones import load_backbone
+    from cnncodes.nets.backbones import load_backbone
 
     _, results = decoded
     backbone = load_backbone("efficientnet_lite0", "DEFAULT")

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from cnncodes import CnnCodesError, finetune
-from cnncodes.backbones import load_backbone
 from cnncodes.cli import main
-from cnncodes.compare import compare, earlier_layers, validation_set
-from cnncodes.layers import node_names
+from cnncodes.nets.backbones import load_backbone
+from cnncodes.nets.layers import node_names
+from cnncodes.studies.compare import compare, earlier_layers, validation_set
 
 from .conftest import write_image_folder
 from .test_finetune import make_subset
@@ -90,7 +90,6 @@ def _compare_in(directory: Path, source: Path) -> tuple[object, dict]:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(directory)
         patch.delenv("CNNCODES_CACHE", raising=False)
-        patch.delenv("CNNCODES_RUNS", raising=False)
         result = compare(source=str(source), epochs=1, layers=("blocks.5",), progress=False)
         result.out, result.store_path = result.out.resolve(), result.store_path.resolve()
     return result, json.loads((result.out / "compare.json").read_text())
@@ -119,8 +118,8 @@ def test_compare_on_train_and_test_only_chooses_every_strategy_on_one_carved_set
     train_test_compared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source, work, result, record = train_test_compared
-    assert result.out.parent == (work / "runs").resolve()  # relative to the cwd
-    assert result.store_path.parent == (work / "cache").resolve()
+    assert result.out.parent == (work / "cache" / "compare").resolve()  # relative to the cwd
+    assert result.store_path.parent == (work / "cache" / "stores").resolve()
     table = result.table
     assert [s.split()[0] for s in table.strategy] == ["1", "2", "3", "4"]
     assert table.val_accuracy.between(0, 1).all() and table.test_accuracy.between(0, 1).all()

@@ -53,7 +53,7 @@ def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.setenv("CNNCODES_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CNNCODES_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("CNNCODES_CACHE", str(tmp_path / "cache"))
     return work
 
 
@@ -201,7 +201,7 @@ def test_bad_out_is_refused_before_any_work(elsewhere: Path, tmp_path: Path, out
     Path("afile").write_text("x")
     Path("adir").mkdir()
     data = write_digits_folder(tmp_path / "d", per_class=1, classes=(0,), splits=("",))
-    extract_module = importlib.import_module("cnncodes.extract")
+    extract_module = importlib.import_module("cnncodes.extraction.extract")
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before --out was checked")
@@ -225,7 +225,7 @@ def test_disk_full_mid_run_is_one_line_and_resumes(elsewhere: Path, tmp_path: Pa
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from cnncodes.store import PartWriter
+    from cnncodes.data.store import PartWriter
 
     data = write_digits_folder(tmp_path / "d", per_class=4, classes=(2, 5), splits=("",))
     real_write, calls = PartWriter.write, []
@@ -292,7 +292,6 @@ def test_readme_quick_start_from_a_fresh_folder(tmp_path: Path) -> None:
     commands = line.split(" && ")[2:]  # skip venv creation and pip install
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("CNNCODES_CACHE", None)
-    env.pop("CNNCODES_RUNS", None)
     for command in commands:
         command = command.replace(".venv/bin/", "")
         done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True,
@@ -323,7 +322,7 @@ def test_bad_input_corpus_end_to_end(elsewhere: Path, tmp_path: Path, digits_sto
     """The 20+ kinds of bad and odd files of test_bad_inputs through the real CLI: no
     traceback, every bad file listed with its reason on stderr and in /skipped, every good
     file a row of the store, and predict gives one row per good file, non-UTF-8 name too."""
-    from cnncodes.sources import display_path
+    from cnncodes.data.sources import display_path
     from tests.test_bad_inputs import EXPECTED_SKIPS, GOOD, _write_corpus
 
     tree = _write_corpus(tmp_path / "corpus")
@@ -343,3 +342,27 @@ def test_bad_input_corpus_end_to_end(elsewhere: Path, tmp_path: Path, digits_sto
     run_cli("fit", str(digits_store), "--cv", "2", "--out", "runs/corpus", "-q")
     predicted = pd.read_csv(io.StringIO(run_cli("predict", "runs/corpus", str(tree)).stdout))
     assert set(predicted["path"]) == rows and "cats/caf\\xe9.jpg" in rows
+
+
+def test_a_weights_download_keeps_stdout_clean(elsewhere: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.hub prints "Downloading: ..." on stdout; cnncodes moves it to stderr. Offline
+    the download then fails with one line naming the file to put in the cache."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    result = run_cli("layers", "resnet18", "--weights", "DEFAULT", code=2)
+    assert result.stdout == ""
+    assert "resnet18-f37072fd.pth" in error_line(result.stderr)
+
+
+def test_knn_and_layer_indices_on_small_multi_layer_stores(elsewhere: Path, tmp_path: Path) -> None:
+    """k-NN never asks for more neighbours than a fold holds, and an index (-2) finds its
+    layer in a store that was extracted by node name."""
+    data = write_digits_folder(tmp_path / "d", per_class=4, classes=(1, 7), splits=("",))
+    store = one_path(run_cli("extract", str(data), "-q", "--layer", "blocks.6",
+                             "--layer", "global_pool.flatten").stdout)
+    fit = run_cli("fit", str(store), "--clf", "knn", "--cv", "2", "--layer", "-2",
+                  "--format", "json", "--out", "runs/knn")
+    (row,) = json.loads(fit.stdout)
+    assert row["layer"] == "global_pool.flatten" and row["n_train"] == 8
+    missing = run_cli("fit", str(store), "--layer", "-5", "--out", "runs/x", code=2)
+    assert "does not hold" in error_line(missing.stderr) and not Path("runs/x").exists()

@@ -14,9 +14,8 @@ from torch import nn
 from torchvision.transforms._presets import ImageClassification
 
 from cnncodes import CnnCodesError
-from cnncodes.backbones import Backbone
 from cnncodes.cli import main
-from cnncodes.explain import (
+from cnncodes.explainers.explain import (
     activation_maps,
     explain,
     first_conv_filters,
@@ -25,6 +24,7 @@ from cnncodes.explain import (
     resolve_target,
     saliency,
 )
+from cnncodes.nets.backbones import Backbone
 
 # Val images, classified correctly by the ImageNet head ('ant' 310 / 'bee' 309), in which
 # the insect fills the middle of the centre crop and the border is background; chosen by
@@ -173,7 +173,7 @@ def lite0() -> Backbone:
 def test_maps_of_central_insects_weigh_the_centre_over_the_border(
     hymenoptera: Path, lite0: Backbone
 ) -> None:
-    from cnncodes.explain import preprocess
+    from cnncodes.explainers.explain import preprocess
 
     for relative in CENTRAL_INSECTS:
         x = preprocess(lite0, load_image(hymenoptera / relative))
@@ -238,7 +238,7 @@ def test_run_option_explains_a_fine_tuned_model_and_its_classes(
     tiny_folder: Path, runner, tmp_path: Path
 ) -> None:
     from cnncodes import finetune
-    from cnncodes.explain import backbone_from_run, preprocess
+    from cnncodes.explainers.explain import backbone_from_run, preprocess
 
     run = finetune(source=str(tiny_folder), strategy=3, model="resnet18", weights="none",
                    epochs=1, batch_size=4, out=str(tmp_path / "run"), progress=False).run_dir

@@ -52,9 +52,9 @@ def test_real_store_schema_and_contents(hymenoptera_store: Path) -> None:
 def test_same_extraction_twice_is_a_cache_hit(tiny_folder: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CNNCODES_CACHE", str(tmp_path / "cache"))
     first = extract(source=str(tiny_folder), model="resnet18", weights="none", progress=False)
-    assert not first.cached and first.path.parent == tmp_path / "cache"
+    assert not first.cached and first.path.parent == tmp_path / "cache" / "stores"
     assert first.path.name.startswith("tiny-resnet18-")
-    module = sys.modules["cnncodes.extract"]
+    module = sys.modules["cnncodes.extraction.extract"]
     monkeypatch.setattr(module, "_run", lambda *a, **k: pytest.fail("the model ran again"))
     second = extract(source=str(tiny_folder), model="resnet18", weights="none", progress=False)
     assert second.cached and second.path == first.path and second.n_images == 8
@@ -191,7 +191,7 @@ def test_cli_interrupt_says_how_to_resume(runner, tiny_folder: Path, tmp_path: P
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sys.modules["cnncodes.extract"], "_run", interrupted)
+    monkeypatch.setattr(sys.modules["cnncodes.extraction.extract"], "_run", interrupted)
     result = runner.invoke(main, ["extract", str(tiny_folder), "--model", "resnet18", "--weights", "none",
                                   "--out", str(tmp_path / "x.h5")])
     assert result.exit_code == 130

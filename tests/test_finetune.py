@@ -14,15 +14,15 @@ import torch
 
 from cnncodes import CnnCodesError, load_backbone
 from cnncodes.cli import main
-from cnncodes.finetune import FinetuneConfig, finetune, load_run, parse_head, predict_run
-from cnncodes.layers import node_names
-from cnncodes.surgery import install_head, layer_groups, unfrozen_groups
-from cnncodes.trainer import carve_validation
+from cnncodes.data.splits import carve_validation
+from cnncodes.finetuning.finetune import FinetuneConfig, finetune, load_run, parse_head, predict_run
+from cnncodes.nets.layers import node_names
+from cnncodes.nets.surgery import install_head, layer_groups, unfrozen_groups
 
 from .conftest import write_image_folder
 
 # the module, not the function that cnncodes exports under the same name
-finetune_module = importlib.import_module("cnncodes.finetune")
+finetune_module = importlib.import_module("cnncodes.finetuning.finetune")
 
 
 def make_subset(root: Path, source: Path, counts: dict[str, int]) -> Path:

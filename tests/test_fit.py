@@ -8,16 +8,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cnncodes import CnnCodesError, CodeStore, extract, fit_pipeline, load_model
 from cnncodes.cli import main
-from cnncodes.compare import validation_set
+from cnncodes.data.store import seal_store
 from cnncodes.pipelines import NAMES
-from cnncodes.search import search_pipeline
-from cnncodes.store import seal_store
+from cnncodes.probe.search import search_pipeline
+from cnncodes.studies.compare import validation_set
 from tests.conftest import write_image_folder
 
 
@@ -87,7 +88,7 @@ def test_other_named_pipelines_fit_with_pca_and_l2norm(hymenoptera_store, tmp_pa
 
 
 def test_every_named_pipeline_builds_with_a_search_space() -> None:
-    from cnncodes.fit import load_pipeline_module
+    from cnncodes.probe.fit import load_pipeline_module
 
     for name in NAMES:
         module = load_pipeline_module(name)
@@ -352,3 +353,31 @@ def test_progress_lines_go_to_stderr(random_weights_store: Path, tmp_path: Path,
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("[fit] logreg on global_pool.flatten (12 x 1280); selecting")
+
+
+class _ScriptedClassifier(ClassifierMixin, BaseEstimator):
+    """Right on a share of the held-out rows that depends on C only: a scripted path."""
+
+    SHARE = {1.0: 0.9, 2.0: 0.5, 3.0: 0.5, 4.0: 0.5, 5.0: 1.0}
+
+    def __init__(self, C: float = 1.0) -> None:
+        self.C = C
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, X):
+        truth = X[:, 0].astype(int)  # the label rides in the first column
+        right = np.arange(len(X)) < round(self.SHARE[self.C] * len(X))
+        return np.where(right, truth, 1 - truth)
+
+
+def test_a_best_at_the_first_path_value_does_not_stop_the_walk() -> None:
+    y = np.tile([0, 1], 50)
+    X = np.column_stack([y, np.zeros(100)]).astype(float)
+    pipeline = Pipeline([("c", _ScriptedClassifier())])
+    folds = [(np.arange(50), np.arange(50, 100))]
+    found = search_pipeline(pipeline, {"c__C": [1.0, 2.0, 3.0, 4.0, 5.0]}, X, y, folds,
+                            path_parameter="c__C", patience=3)
+    assert found.best_params == {"c__C": 5.0} and found.best_score == 1.0

@@ -49,6 +49,10 @@ def test_predict_on_images_runs_the_same_extraction(run_dir: Path, hymenoptera: 
             writer.writerow([str(hymenoptera / path), path.split("/")[1]])
     frame = predict(run_dir, manifest, progress=False)
     assert len(frame) == len(chosen)
+    assert not (tmp_path / "cache").exists()  # no store left behind per call
+    kept = tmp_path / "kept.h5"
+    again = predict(run_dir, manifest, progress=False, keep_codes=kept)
+    assert kept.is_file() and again["predicted"].tolist() == frame["predicted"].tolist()
     # Same codes as in the training store, so the same probabilities.
     from_store = predict(run_dir, hymenoptera_store).set_index("path")
     for row in frame.itertuples():
@@ -91,8 +95,8 @@ def test_predict_hands_finetune_runs_to_finetune(tmp_path, monkeypatch) -> None:
     import types
 
     (tmp_path / "finetune.json").write_text("{}")
-    fake = types.ModuleType("cnncodes.finetune")
+    fake = types.ModuleType("cnncodes.finetuning.finetune")
     fake.predict_run = lambda run, source: pd.DataFrame({"path": [str(source)], "predicted": ["x"]})
-    monkeypatch.setitem(sys.modules, "cnncodes.finetune", fake)
+    monkeypatch.setitem(sys.modules, "cnncodes.finetuning.finetune", fake)
     frame = predict(tmp_path, "anything", tmp_path / "out.csv")
     assert frame["predicted"].tolist() == ["x"] and (tmp_path / "out.csv").is_file()

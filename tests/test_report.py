@@ -17,7 +17,7 @@ from cnncodes import (
     run_table,
 )
 from cnncodes.cli import main
-from cnncodes.report import RUN_COLUMNS
+from cnncodes.studies.report import RUN_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +82,22 @@ def test_report_bad_inputs(runs: list[Path], tmp_path: Path, runner) -> None:
         per_class_table(runs[0], split="test")
     result = runner.invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2 and result.output.startswith("Error: ")
+
+
+def test_counts_stay_integers_and_json_is_plain() -> None:
+    import io
+    import json
+
+    import pandas as pd
+
+    from cnncodes.studies.report import format_table
+
+    frame = pd.DataFrame({"run": ["a/b", "c"], "code_dim": [1280.0, None],
+                          "test_accuracy": [1.0, 0.5]})
+    csv_text = format_table(frame, "csv")
+    assert "1280," in csv_text and "1280.0" not in csv_text
+    assert pd.read_csv(io.StringIO(csv_text))["test_accuracy"].tolist() == [1.0, 0.5]
+    records = json.loads(format_table(frame, "json"))
+    assert records == [{"run": "a/b", "code_dim": 1280, "test_accuracy": 1.0},
+                       {"run": "c", "code_dim": None, "test_accuracy": 0.5}]
+    assert "a/b" in format_table(frame, "json")  # no "a\/b" escaping

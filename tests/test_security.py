@@ -28,9 +28,9 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from cnncodes import CnnCodesError, CodeStore, fit_pipeline, load_backbone, load_model, predict
 from cnncodes.cli import main
-from cnncodes.model import ALLOWED_TYPES, untrusted_types
+from cnncodes.data.store import PartWriter, assemble_store
 from cnncodes.pipelines import NAMES
-from cnncodes.store import PartWriter, assemble_store
+from cnncodes.probe.model import ALLOWED_TYPES, untrusted_types
 from tests.conftest import write_image_folder
 
 DIM, CLASSES = 12, ("a", "b", "c")
@@ -424,7 +424,7 @@ def test_hostile_weights_file_runs_nothing(evil_pth: Path, marker: Path, tmp_pat
 
 def test_hostile_fine_tuned_checkpoint_runs_nothing(evil_pth: Path, marker: Path,
                                                     tmp_path: Path) -> None:
-    from cnncodes.finetune import load_run
+    from cnncodes.finetuning.finetune import load_run
 
     run = tmp_path / "finetuned"
     run.mkdir()

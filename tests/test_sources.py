@@ -96,10 +96,15 @@ def test_csv_absolute_paths_and_an_explicit_root(tmp_path: Path) -> None:
     assert all(source.read(item)[0] is not None for item in source.items)
     relative = tmp_path / "lists" / "relative.csv"
     relative.write_text('path,label\n"a, b.jpg",cat\nc.jpg,dog\n')
-    with pytest.raises(CnnCodesError, match=r"none of its 2 files exist \(line 2: 'a, b.jpg' was looked for at .*lists/a, b.jpg'\).*give root= \(--root\)"):
+    with pytest.raises(CnnCodesError, match=r"none of its 2 files exist \(line 2: 'a, b.jpg' was looked for at .*lists/a, b.jpg'\).*pass --root DIR"):
         open_source(relative)
     source = open_source(relative, root=tmp_path / "photos")
     assert [it.path for it in source.items] == ["a, b.jpg", "c.jpg"]
+    beside = tmp_path / "lists" / "beside.csv"  # paths that leave the manifest's folder
+    beside.write_text('path,label\n"../photos/a, b.jpg",cat\n../photos/./c.jpg,dog\n')
+    source = open_source(beside)
+    assert [it.path for it in source.items] == ["../photos/a, b.jpg", "../photos/c.jpg"]
+    assert all(source.read(item)[0] is not None for item in source.items)
     assert all(source.read(item)[0] is not None for item in source.items)
     with pytest.raises(CnnCodesError, match=r"root '.*nowhere' is not a folder"):
         open_source(relative, root=tmp_path / "nowhere")

@@ -18,7 +18,7 @@ import pytest
 
 from cnncodes import CnnCodesError, CodeStore, extract, fit_pipeline, predict
 from cnncodes.cli import main
-from cnncodes.store import FORMAT_VERSION, PartWriter, assemble_store, seal_store
+from cnncodes.data.store import FORMAT_VERSION, PartWriter, assemble_store, seal_store
 from tests.conftest import write_image_folder
 
 LAYER = "flatten"  # resnet18 -2

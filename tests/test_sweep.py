@@ -11,7 +11,7 @@ from PIL import Image
 
 from cnncodes import CnnCodesError, CodeStore, load_backbone
 from cnncodes.cli import main
-from cnncodes.sweep import stage_outputs, sweep, sweep_layers
+from cnncodes.studies.sweep import stage_outputs, sweep, sweep_layers
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,8 @@ def test_sweep_command_mistakes_exit_2(runner, tmp_path: Path, tiny_folder: Path
     assert result.exit_code == 2
     assert result.output.count("\n") == 1
     assert "Layer 'nope' is not a node of resnet18" in result.output
+
+
+def test_sweep_layer_keywords_do_not_mix(runner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["sweep", str(tmp_path), "--layer", "all", "--layer", "-2"])
+    assert result.exit_code == 2 and "cannot be combined" in result.output

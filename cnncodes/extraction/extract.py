@@ -8,7 +8,6 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,34 +15,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .backbones import DEFAULT_MODEL, Backbone, load_backbone
-from .errors import CnnCodesError
-from .layers import LARGE_CODE_DIM, CodeExtractor, check_pool, resolve_layers
-from .paths import check_output_path, default_cache_dir, exclusive, safe_name
-from .progress import Progress, log
-from .runtime import amp_dtype, tune_cpu_allocator
-from .sources import ImageDataset, ImageSource, collate_items, open_source
-from .store import CodeStore, PartWriter, assemble_store
+from .._version import __version__
+from ..data.sources import ImageDataset, ImageSource, collate_items, open_source
+from ..data.store import CodeStore, PartWriter, assemble_store
+from ..errors import CnnCodesError
+from ..nets.backbones import DEFAULT_MODEL, Backbone, load_backbone
+from ..nets.layers import LARGE_CODE_DIM, CodeExtractor, check_pool, node_names, resolve_layers
+from ..paths import check_output_path, default_cache_dir, exclusive, safe_name
+from ..progress import Progress, log
+from ..runtime import Runtime, setup_runtime
 
-__all__ = ["ExtractConfig", "ExtractResult", "extract", "default_cache_dir", "resolve_device"]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else is checked and used."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:
-        raise CnnCodesError(
-            f"Device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N."
-        ) from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise CnnCodesError(
-            f"Device {device!r} was asked for but CUDA is not available here; use --device cpu."
-        )
-    return chosen
+__all__ = ["ExtractConfig", "ExtractResult", "default_workers", "extract"]
 
 
 @dataclass(frozen=True)
@@ -122,12 +104,29 @@ def _store_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@dataclass
+class _Plan:
+    """What an extraction will compute and where it goes, decided before any image."""
+
+    source: ImageSource
+    backbone: Backbone
+    layers: list[str]
+    runtime: Runtime
+    extractor: CodeExtractor
+    dims: dict[str, int]
+    key_parts: dict[str, Any]
+    key: str
+    out: Path
+    notes: list[str]
+
+
 def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractResult:
     """Extract codes of ``config.layers`` for every image of ``config.source``.
 
     Call as ``extract(ExtractConfig(...))`` or ``extract(source=..., layers=(-2,), ...)``.
     Running the same extraction twice is a cache hit that runs no model; a killed run
-    resumes from its last finished part.
+    resumes from its last finished part. A second run on the same store waits for the
+    first (a lock beside the store) and then finds its result.
 
     Raises:
         CnnCodesError: any problem with the source, model, weights, layers or output path.
@@ -139,6 +138,20 @@ def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractRe
     elif options:
         raise TypeError("Pass either an ExtractConfig or keyword options, not both.")
     started = time.perf_counter()
+    plan = _plan(config)
+    waiting = f"another cnncodes run is writing {plan.out}; waiting for it to finish"
+    with exclusive(plan.out, on_wait=lambda: log("extract", waiting)):
+        hit = _cache_hit(plan.out, plan.key, overwrite=config.overwrite,
+                         explicit=config.out is not None)
+        if hit is not None:
+            hit.seconds = time.perf_counter() - started
+            hit.warnings = plan.notes
+            return hit
+        return _extract_into_store(config, plan)
+
+
+def _plan(config: ExtractConfig) -> _Plan:
+    """List the source, load the backbone, resolve layers and device, name the store."""
     source_options = {k: v for k, v in (("root", config.root), ("max_pixels", config.max_pixels))
                       if v is not None}
     source = open_source(config.source, limit=config.limit, **source_options)
@@ -146,10 +159,7 @@ def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractRe
         check_output_path(config.out)
     backbone = load_backbone(config.model, config.weights)
     layers = resolve_layers(backbone, config.layers)
-    device = resolve_device(config.device)
-    amp = device.type == "cuda" if config.amp is None else config.amp
-    precision = amp_dtype(device) if amp else torch.float32
-
+    runtime = setup_runtime(config.device, config.amp)
     extractor = CodeExtractor(backbone, layers, config.pool)
     dims = _code_dims(extractor, backbone)
     notes = [
@@ -158,8 +168,7 @@ def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractRe
         if dim > LARGE_CODE_DIM
     ]
     for note in notes:
-        warnings.warn(note, stacklevel=2)
-    notes += list(getattr(source, "warnings", []))
+        warnings.warn(note, stacklevel=3)
     key_parts = {
         "source_fingerprint": source.fingerprint,
         "backbone": backbone.name,
@@ -168,51 +177,51 @@ def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractRe
         "layers": layers,
         "pooling": config.pool,
         "preprocessing": backbone.preprocessing,
-        "precision": str(precision).removeprefix("torch."),
+        "precision": runtime.precision_name,
     }
     key = _store_key(key_parts)
     out = Path(config.out) if config.out else (
         default_cache_dir() / f"{safe_name(source.name)}-{safe_name(backbone.name)}-{key}.h5"
     )
     check_output_path(out)
-    with exclusive(out, on_wait=lambda: log(
-        "extract", f"another cnncodes run is writing {out}; waiting for it to finish",
-        enabled=True,
-    )):
-        hit = _cache_hit(out, key, overwrite=config.overwrite, explicit=config.out is not None)
-        if hit is not None:
-            hit.seconds = time.perf_counter() - started
-            hit.warnings = notes
-            return hit
-        writer = PartWriter(out.with_name(out.name + ".parts"), {"store_key": key, **key_parts})
-        resumed_from = writer.done_until()
-        todo = range(resumed_from, len(source.items))
-        model_started = time.perf_counter()
-        if todo:
-            _run(config, source, backbone, extractor, device, precision, writer, todo, dims)
-        attrs = {
-            "cnncodes_version": __version__,
-            "torch_version": torch.__version__,
-            "store_key": key,
-            **key_parts,
-            "layer_specs": [str(spec) for spec in config.layers],
-            "source": str(source.root),
-            "source_kind": source.kind,
-            "device": str(device),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        _check_some_encoded(writer, source)
-        assemble_store(
-            writer, out, layers=layers, dims=dims, items=source.items, classes=source.classes,
-            has_split=source.has_split, attrs=attrs,
-        )
-    with CodeStore(out) as store:
-        n_images, skipped = len(store), store.skipped
-        notes += _empty_class_notes(store)
-    return ExtractResult(
-        out, False, n_images, skipped, layers, dims, time.perf_counter() - model_started,
-        resumed_from, notes,
+    return _Plan(source, backbone, layers, runtime, extractor, dims, key_parts, key, out,
+                 notes + list(source.warnings))
+
+
+def _extract_into_store(config: ExtractConfig, plan: _Plan) -> ExtractResult:
+    """Run the model over every image not yet in a finished part, then join the parts."""
+    writer = PartWriter(plan.out.with_name(plan.out.name + ".parts"),
+                        {"store_key": plan.key, **plan.key_parts})
+    resumed_from = writer.done_until()
+    todo = range(resumed_from, len(plan.source.items))
+    started = time.perf_counter()
+    if todo:
+        _run(config, plan, writer, todo)
+    names = node_names(plan.backbone)
+    attrs = {
+        "cnncodes_version": __version__,
+        "torch_version": torch.__version__,
+        "store_key": plan.key,
+        **plan.key_parts,
+        "layer_specs": [str(spec) for spec in config.layers],
+        # The backbone's eval node list, so that any index (-2) maps to a stored layer
+        # (left out where it would pass HDF5's 64 KiB limit on an attribute).
+        "node_names": names if len(json.dumps(names)) < 60_000 else [],
+        "source": str(plan.source.root),
+        "source_kind": plan.source.kind,
+        "device": str(plan.runtime.device),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _check_some_encoded(writer, plan.source)
+    assemble_store(
+        writer, plan.out, layers=plan.layers, dims=plan.dims, items=plan.source.items,
+        classes=plan.source.classes, has_split=plan.source.has_split, attrs=attrs,
     )
+    with CodeStore(plan.out) as store:
+        n_images, skipped = len(store), store.skipped
+        notes = plan.notes + _empty_class_notes(store)
+    return ExtractResult(plan.out, False, n_images, skipped, plan.layers, plan.dims,
+                         time.perf_counter() - started, resumed_from, notes)
 
 
 def _check_some_encoded(writer: PartWriter, source: ImageSource) -> None:
@@ -284,82 +293,75 @@ def _cache_hit(out: Path, key: str, *, overwrite: bool, explicit: bool) -> Extra
     return None
 
 
-def _run(
-    config: ExtractConfig,
-    source: ImageSource,
-    backbone: Backbone,
-    extractor: CodeExtractor,
-    device: torch.device,
-    precision: torch.dtype,
-    writer: PartWriter,
-    todo: Sequence[int],
-    dims: dict[str, int],
-) -> None:
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    workers = config.workers if config.workers is not None else default_workers(device)
+def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[int]) -> None:
+    source, runtime, dims = plan.source, plan.runtime, plan.dims
+    workers = config.workers if config.workers is not None else default_workers(runtime.device)
     loader = torch.utils.data.DataLoader(
-        ImageDataset(source, todo, backbone.transform),
+        ImageDataset(source, todo, plan.backbone.transform),
         batch_size=config.batch_size,
         num_workers=workers,
         collate_fn=collate_items,
-        pin_memory=device.type == "cuda",
+        pin_memory=runtime.device.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
-    extractor = extractor.to(device)
-    if device.type == "cuda":
-        extractor = extractor.to(memory_format=torch.channels_last)
-    autocast = (
-        torch.autocast(device.type, dtype=precision)
-        if precision != torch.float32 else nullcontext()
-    )
-    part_size = config.part_size
-    part_start = todo[0]
-    part_end = min(len(source.items), (part_start // part_size + 1) * part_size)
-    positions: list[int] = []
-    chunks: dict[str, list[np.ndarray]] = {name: [] for name in extractor.layers}
-    skipped: list[tuple[int, str]] = []
-
-    def flush(end: int) -> None:
-        nonlocal positions, skipped, part_start
-        keep = [i for i, p in enumerate(positions) if p < end]
-        codes = {
-            name: (np.concatenate(arrays)[keep] if arrays else np.zeros((0, dims[name]), np.float32))
-            for name, arrays in chunks.items()
-        }
-        writer.write(
-            part_start, end, [positions[i] for i in keep], codes,
-            [(p, r) for p, r in skipped if p < end],
-        )
-        rest = [i for i, p in enumerate(positions) if p >= end]
-        for name, arrays in chunks.items():
-            chunks[name] = [np.concatenate(arrays)[rest]] if arrays and rest else []
-        positions = [positions[i] for i in rest]
-        skipped = [(p, r) for p, r in skipped if p >= end]
-        part_start = end
-
+    extractor = runtime.place(plan.extractor)
+    parts = _PartBuffer(writer, dims, len(source.items), config.part_size, todo[0])
     bar = Progress(
         total=len(source.items), initial=todo[0], unit="img", enabled=config.progress,
-        desc=f"extract {backbone.name}",
+        desc=f"extract {plan.backbone.name}",
     )
     n_skipped = 0
     with bar, torch.inference_mode():
         for batch in loader:
+            codes: dict[str, np.ndarray] = {}
             if batch["images"] is not None:
-                images = batch["images"].to(device, non_blocking=True)
-                if device.type == "cuda":
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    outputs = extractor(images)
-                for name in extractor.layers:
-                    chunks[name].append(outputs[name].float().cpu().numpy())
-                positions += batch["positions"]
-            skipped += batch["skipped"]
+                with runtime.autocast():
+                    outputs = extractor(runtime.images(batch["images"]))
+                codes = {name: outputs[name].float().cpu().numpy() for name in extractor.layers}
+            parts.add(batch["positions"], codes, batch["skipped"])
             n_skipped += len(batch["skipped"])
-            last = max(batch["positions"] + [p for p, _ in batch["skipped"]])
             bar.update(len(batch["positions"]) + len(batch["skipped"]))
             if n_skipped:
                 bar.set_postfix(skipped=n_skipped)
-            while last >= part_end - 1 and part_start < len(source.items):
-                flush(part_end)
-                part_end = min(len(source.items), part_end + part_size)
+
+
+class _PartBuffer:
+    """Collects codes in source order and writes a part file each time ``part_size``
+    consecutive positions are done (encoded or skipped)."""
+
+    def __init__(self, writer: PartWriter, dims: dict[str, int], total: int, part_size: int,
+                 start: int) -> None:
+        self.writer, self.dims, self.total, self.part_size = writer, dims, total, part_size
+        self.part_start = start
+        self.part_end = min(total, (start // part_size + 1) * part_size)
+        self.positions: list[int] = []
+        self.chunks: dict[str, list[np.ndarray]] = {name: [] for name in dims}
+        self.skipped: list[tuple[int, str]] = []
+
+    def add(self, positions: list[int], codes: dict[str, np.ndarray],
+            skipped: list[tuple[int, str]]) -> None:
+        if positions:
+            for name, array in codes.items():
+                self.chunks[name].append(array)
+            self.positions += positions
+        self.skipped += skipped
+        last = max(positions + [p for p, _ in skipped])
+        while last >= self.part_end - 1 and self.part_start < self.total:
+            self._flush(self.part_end)
+            self.part_end = min(self.total, self.part_end + self.part_size)
+
+    def _flush(self, end: int) -> None:
+        keep = [i for i, p in enumerate(self.positions) if p < end]
+        rest = [i for i, p in enumerate(self.positions) if p >= end]
+        codes = {}
+        for name, arrays in self.chunks.items():
+            joined = np.concatenate(arrays) if arrays else np.zeros((0, self.dims[name]), np.float32)
+            codes[name] = joined[keep]
+            self.chunks[name] = [joined[rest]] if rest else []
+        self.writer.write(
+            self.part_start, end, [self.positions[i] for i in keep], codes,
+            [(p, r) for p, r in self.skipped if p < end],
+        )
+        self.positions = [self.positions[i] for i in rest]
+        self.skipped = [(p, r) for p, r in self.skipped if p >= end]
+        self.part_start = end

@@ -33,8 +33,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelBinarizer, Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from .errors import CnnCodesError
-from .store import CodeStore
+from ..data.store import CodeStore
+from ..errors import CnnCodesError
 
 __all__ = ["FittedModel", "load_model", "save_model", "MODEL_FILE", "METADATA_FILE",
            "PREDICTIONS_FILE", "FORMAT_VERSION", "ALLOWED_TYPES", "untrusted_types"]

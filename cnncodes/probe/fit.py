@@ -29,14 +29,14 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer
 
-from . import __version__
-from .errors import CnnCodesError
+from .._version import __version__
+from ..data.splits import validation_record
+from ..data.store import CodeStore
+from ..errors import CnnCodesError
+from ..paths import default_runs_dir, safe_name
+from ..progress import log
 from .model import PREDICTIONS_FILE, save_model
-from .paths import default_runs_dir, safe_name
-from .progress import log
 from .search import SearchResult, search_pipeline
-from .store import CodeStore
-from .trainer import validation_record
 
 __all__ = ["FitConfig", "FitResult", "fit_pipeline", "load_pipeline_module", "default_runs_dir",
            "REFIT_CHOICES"]
@@ -45,7 +45,7 @@ REFIT_CHOICES = ("train", "train+val")
 
 
 def _pipeline_names() -> list[str]:
-    from .pipelines import NAMES
+    from ..pipelines import NAMES
 
     return sorted(NAMES)
 
@@ -98,7 +98,7 @@ class FitConfig:
         cv: folds of stratified CV when the store has no ``val`` split.
         pca: insert PCA to this many components before the classifier.
         l2norm: L2-normalise every code first.
-        out: run folder; default ``runs/<store stem>-<clf>-<layer>``.
+        out: run folder; default ``cache/runs/<store stem>-<clf>-<layer>``.
         refit_on: ``train``, or ``train+val`` to refit on both after selection.
         seed: random state of folds and of every estimator that takes one.
         progress: print a line per stage (on stderr).
@@ -261,7 +261,7 @@ def fit_pipeline(
         store: a code store path or an open :class:`CodeStore`.
         clf, layer, cv, pca, l2norm, out, refit_on, seed, progress: see :class:`FitConfig`.
         val_paths: training rows (by path) held out to select on, for a store without a
-            val split (see :func:`cnncodes.trainer.carve_validation`).
+            val split (see :func:`cnncodes.data.splits.carve_validation`).
 
     Returns:
         The run folder, chosen hyper-parameters, metrics and report row.
@@ -281,6 +281,17 @@ def fit_pipeline(
 
 def _log(config: FitConfig, message: str) -> None:
     log("fit", message, enabled=config.progress)
+
+
+def _fit_space_to_folds(space: dict[str, list[Any]], smallest: int) -> dict[str, list[Any]]:
+    """Drop neighbour counts (``*n_neighbors``) above the smallest training fold: k-NN
+    cannot ask for more neighbours than it has samples. None left: the fold size itself."""
+    fitted = {}
+    for key, values in space.items():
+        if key.endswith("n_neighbors"):
+            values = [v for v in values if v <= smallest] or [smallest]
+        fitted[key] = values
+    return fitted
 
 
 def _hold_out(store: CodeStore, rows: dict[str, np.ndarray], val_paths: tuple[str, ...]) -> None:
@@ -335,6 +346,7 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
         search_rows = rows["train"]
         splitter = StratifiedKFold(config.cv, shuffle=True, random_state=config.seed)
         folds = list(splitter.split(np.zeros(len(search_rows)), y[search_rows]))
+    space = _fit_space_to_folds(space, min(len(train) for train, _ in folds))
     _log(config, f"{config.clf} on {layer} ({len(rows['train'])} x {dim}); selecting on "
          f"{'val' if selection == 'val' else f'{config.cv}-fold CV'} over "
          f"{int(np.prod([len(v) for v in space.values()])) if space else 1} candidates")
@@ -473,8 +485,7 @@ def _metadata(store: CodeStore, config: FitConfig, module: ModuleType, layer: st
             [paths[i] for i in rows["val"]],
             origin="given" if config.val_paths is not None else "val split",
         )
-    layers, specs = store.layers, [str(s) for s in attrs.get("layer_specs", [])]
-    spec = specs[layers.index(layer)] if len(specs) == len(layers) else layer
+    spec = store.spec_of(layer)
     return {
         "format": "cnncodes-fit/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

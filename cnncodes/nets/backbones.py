@@ -9,8 +9,10 @@ state dict given as ``weights=path``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,8 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from .errors import CnnCodesError
+from ..errors import CnnCodesError
+from .defaults import DEFAULT_MODEL
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -34,7 +37,6 @@ __all__ = [
     "torchvision_cache_path",
 ]
 
-DEFAULT_MODEL = "efficientnet_lite0"
 LITE0_SHA256_PREFIX = "579344248a93e230"
 NO_WEIGHTS = ("none", "random")
 
@@ -178,7 +180,9 @@ def _load_torchvision(name: str, weights: str, is_path: bool) -> Backbone:
         ) from None
     cache_path = torchvision_cache_path(spec.url)
     try:
-        model = torchvision.models.get_model(name, weights=spec)
+        # torch.hub announces downloads with print(); stdout is for the command's data.
+        with contextlib.redirect_stdout(sys.stderr):
+            model = torchvision.models.get_model(name, weights=spec)
     except (urllib.error.URLError, OSError, RuntimeError) as error:
         if cache_path.exists() and not isinstance(error, urllib.error.URLError):
             raise CnnCodesError(
@@ -309,7 +313,8 @@ def _load_timm(name: str, weights: str, is_path: bool) -> Backbone:
         )
     pretrained = not is_path and weights.lower() not in NO_WEIGHTS
     try:
-        model = timm.create_model(arch, pretrained=pretrained)
+        with contextlib.redirect_stdout(sys.stderr):
+            model = timm.create_model(arch, pretrained=pretrained)
     except Exception as error:  # timm raises many types for hub failures
         raise CnnCodesError(
             f"Weights for timm model {arch!r} could not be loaded ({error.__class__.__name__});"

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from .backbones import DEFAULT_MODEL, Backbone, load_backbone
-from .errors import CnnCodesError
-from .layers import _fx, is_spatial, list_layers, node_names, parse_index, resolve_layer
-from .paths import safe_name
+from ..errors import CnnCodesError
+from ..nets.backbones import DEFAULT_MODEL, Backbone, load_backbone
+from ..nets.layers import _fx, is_spatial, list_layers, node_names, parse_index, resolve_layer
+from ..paths import default_dir, safe_name
 
 __all__ = [
     "EXPLAIN_KINDS",
@@ -113,7 +113,7 @@ def backbone_from_run(run: str | os.PathLike[str]) -> Backbone:
         CnnCodesError: the run folder cannot be loaded.
     """
     try:
-        from .finetune import load_run
+        from ..finetuning.finetune import load_run
     except ImportError:  # pragma: no cover - finetune ships with the package
         raise CnnCodesError(
             "--run needs cnncodes.finetune, which this installation lacks; reinstall cnncodes."
@@ -366,7 +366,7 @@ class ExplainConfig:
     run: str | None = None
     target: str | None = None
     layer: str | None = None
-    out: str = "explain"
+    out: str | None = None
     top: int = 32
 
     def __post_init__(self) -> None:
@@ -414,7 +414,7 @@ def explain(config: ExplainConfig | None = None, /, **options: Any) -> list[Path
     backbone = backbone_from_run(config.run) if config.run else load_backbone(
         config.model, config.weights
     )
-    out = Path(config.out)
+    out = Path(config.out) if config.out else default_dir("explain")
     out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     if config.kind == "filters":
@@ -433,14 +433,14 @@ def explain(config: ExplainConfig | None = None, /, **options: Any) -> list[Path
             result = saliency(backbone.model, x, config.target, backbone.categories)
             path = _unique_path(out, f"{safe_name(source.stem)}-saliency", used)
             figures.plot_attribution(
-                shown, result, path, kind="saliency",
+                shown, result.map, path, kind="saliency",
                 title=_title(backbone, source, result, "saliency"),
             )
         elif config.kind == "gradcam":
             result = gradcam(backbone, x, config.layer, config.target)
             path = _unique_path(out, f"{safe_name(source.stem)}-gradcam-{safe_name(result.layer)}", used)
             figures.plot_attribution(
-                shown, result, path, kind="gradcam",
+                shown, result.map, path, kind="gradcam", layer=result.layer,
                 title=_title(backbone, source, result, f"Grad-CAM at {result.layer}"),
             )
         else:

@@ -10,13 +10,13 @@ into train and test with a seeded, stratified split (25 % test), recorded in the
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CnnCodesError
+from ..errors import CnnCodesError
 
-__all__ = ["BUILTIN_SOURCES", "PREFIX", "is_builtin", "open_builtin"]
+__all__ = ["BUILTIN_SOURCES", "PREFIX", "BuiltinSet", "is_builtin", "load_builtin"]
 
 PREFIX = "sklearn:"
 BUILTIN_SOURCES = {
@@ -31,14 +31,25 @@ def is_builtin(path: object) -> bool:
     return isinstance(path, str) and path.startswith(PREFIX)
 
 
-def open_builtin(spec: str):  # -> ImageSource (imported lazily: sources imports this module)
-    """The built-in source named by ``spec`` (``sklearn:digits``).
+@dataclass(frozen=True)
+class BuiltinSet:
+    """A built-in data set as arrays: images and labels per split, class names, and the
+    facts its fingerprint is made of. :func:`cnncodes.data.sources.open_source` turns it
+    into an image source."""
+
+    name: str
+    images: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    classes: list[str]
+    identity: list[object]
+
+
+def load_builtin(spec: str) -> BuiltinSet:
+    """The built-in data set named by ``spec`` (``sklearn:digits``).
 
     Raises:
         CnnCodesError: an unknown built-in name.
     """
-    from .sources import ImageSource, Item, _digest
-
     name = spec[len(PREFIX):]
     if name not in BUILTIN_SOURCES:
         raise CnnCodesError(
@@ -55,13 +66,13 @@ def open_builtin(spec: str):  # -> ImageSource (imported lazily: sources imports
     train_rows, test_rows = train_test_split(
         np.arange(len(labels)), test_size=TEST_FRACTION, stratify=labels, random_state=SPLIT_SEED
     )
-    arrays, items = {}, []
-    for split, rows in (("train", np.sort(train_rows)), ("test", np.sort(test_rows))):
-        arrays[split] = images[rows]
-        items += [Item(f"{split}#{i}", int(labels[row]), split) for i, row in enumerate(rows)]
-    fingerprint = _digest([
+    splits = {"train": np.sort(train_rows), "test": np.sort(test_rows)}
+    identity: list[object] = [
         "sklearn", name, sklearn.__version__, hashlib.sha256(images.tobytes()).hexdigest(),
         hashlib.sha256(labels.tobytes()).hexdigest(), TEST_FRACTION, SPLIT_SEED,
-    ])
-    classes = [str(c) for c in digits.target_names]
-    return ImageSource(Path(spec), "sklearn", items, classes, fingerprint, True, arrays)
+    ]
+    return BuiltinSet(
+        spec, {s: images[rows] for s, rows in splits.items()},
+        {s: labels[rows] for s, rows in splits.items()},
+        [str(c) for c in digits.target_names], identity,
+    )

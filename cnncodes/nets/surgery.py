@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..errors import CnnCodesError
 from .backbones import Backbone
-from .errors import CnnCodesError
 from .layers import parse_index, resolve_layer
 
 __all__ = ["HEAD_GROUP", "LayerGroup", "install_head", "layer_groups", "unfrozen_groups"]

@@ -5,25 +5,10 @@ class names and a fingerprint that changes when any file changes. Listing opens 
 broken links, FIFOs, empty and unreadable files are found with ``stat`` and listed with
 the reason they are skipped. Decoding happens later, in :meth:`ImageSource.read`, where a
 file that cannot be used becomes a reported skip, never an abort.
-
-What every image becomes before the backbone's own transform (:func:`decode_image`):
-
-- an image over ``max_pixels`` is refused from its header, before any pixel is decoded;
-- the EXIF orientation is applied, so a phone photo stands as its owner saw it;
-- every mode becomes 8-bit RGB: 16-bit images are scaled by 1/257 and float or 32-bit
-  ones from their value range (PIL's ``convert`` would clip them at 255, to white), and
-  transparent pixels are composited on white, as a viewer shows them (``convert("RGB")``
-  alone shows whatever colour hides under them, often black);
-- the long side is centre-cropped to ``MAX_ASPECT`` times the short side: eval transforms
-  (resize the short side, centre-crop a square) only use the centre, and without the crop
-  a 1x20000 strip would be resized to 256x5,120,000;
-- big images are decoded at reduced scale (JPEG draft) or reduced after decoding, keeping
-  the short side at least ``DRAFT_MIN_SIDE``, twice the usual network input.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
 import gzip
@@ -32,18 +17,26 @@ import io
 import json
 import os
 import stat
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .builtin import is_builtin, open_builtin
-from .errors import CnnCodesError
+from ..errors import CnnCodesError
+from .builtin import is_builtin, load_builtin
+from .decode import (
+    DECODING,
+    MAX_ASPECT,
+    MAX_PIXELS,
+    UnusableFile,
+    decode_image,
+    display_path,
+    first_line,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -62,12 +55,6 @@ __all__ = [
 # (the GIF placeholder in hymenoptera, a stray .txt) is listed as skipped, with the reason.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
-# PIL's own refusal threshold (twice Image.MAX_IMAGE_PIXELS): about 13,400 x 13,400.
-MAX_PIXELS = 2 * 89_478_485
-MAX_ASPECT = 4
-DRAFT_MIN_SIDE = 512
-# Part of every file source's fingerprint: stores made by an older decoding are not reused.
-DECODING = "rgb8-exif-white-aspect4-v2"
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -76,16 +63,6 @@ FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-_PIL_LIMIT = threading.Lock()
-
-
-def display_path(path: str) -> str:
-    """``path`` as valid UTF-8 text: bytes that are not UTF-8 become ``\\xNN`` escapes.
-
-    Listing keeps names in :func:`os.fsdecode` form, where such bytes are lone surrogates
-    that no UTF-8 writer (terminal, HDF5, JSON) accepts.
-    """
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -101,10 +78,6 @@ class Item:
     label: int
     split: str = ""
     skip_reason: str = ""
-
-
-class _Unusable(OSError):
-    """A file that decoding refuses on purpose; the message is the reported reason."""
 
 
 @dataclass
@@ -140,7 +113,7 @@ class ImageSource:
         path = os.path.join(self.base if self.base is not None else self.root, item.path)
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):  # replaced since listing; opening a FIFO would hang
-            raise _Unusable(f"not a regular file ({_file_kind(mode)})")
+            raise UnusableFile(f"not a regular file ({_file_kind(mode)})")
         return decode_image(path, max_pixels=self.max_pixels)
 
     def read(self, item: Item) -> tuple[Image.Image | None, str]:
@@ -153,7 +126,7 @@ class ImageSource:
             return None, item.skip_reason
         try:
             return self.open_image(item), ""
-        except _Unusable as error:
+        except UnusableFile as error:
             return None, display_path(str(error))
         except PermissionError:
             return None, "permission denied"
@@ -161,13 +134,13 @@ class ImageSource:
             return None, "file not found"
         except Image.DecompressionBombError as error:
             return None, display_path(
-                f"decompression bomb: {_first_line(error)}; if you trust the file, raise "
+                f"decompression bomb: {first_line(error)}; if you trust the file, raise "
                 "the budget with --max-pixels"
             )
         except (OSError, ValueError, SyntaxError) as error:
-            return None, display_path(f"unreadable image: {_first_line(error)}")
+            return None, display_path(f"unreadable image: {first_line(error)}")
         except Exception as error:  # a malformed file can make PIL raise anything
-            return None, display_path(f"unreadable image: {type(error).__name__}: {_first_line(error)}")
+            return None, display_path(f"unreadable image: {type(error).__name__}: {first_line(error)}")
 
     def summary(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -225,7 +198,7 @@ def open_source(
             f"paths start from); source {shown!r} is not one, so leave root out."
         )
     if is_builtin(path):  # sklearn:digits, shipped inside scikit-learn
-        source = open_builtin(str(path))
+        source = _open_builtin(str(path))
     elif is_manifest:
         if location.suffix.lower() != ".csv":
             raise CnnCodesError(
@@ -251,110 +224,6 @@ def open_source(
             f"{', '.join(IMAGE_EXTENSIONS)}){found}; check the path."
         )
     return source
-
-
-def decode_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an image file to 8-bit RGB with bounded memory (see the module docstring).
-
-    Raises:
-        OSError: the file is over ``max_pixels``, missing, unreadable, or not an image;
-            PIL may raise other errors on malformed files (:meth:`ImageSource.read`
-            turns them all into reasons).
-    """
-    with _open_within_budget(path, max_pixels) as image:
-        scale = min(image.size) // DRAFT_MIN_SIDE
-        if image.format == "JPEG" and scale >= 2:
-            # Let libjpeg decode big photos at a reduced scale (still at least twice
-            # the network input), which is several times faster than a full decode.
-            image.draft("RGB", (image.width // scale, image.height // scale))
-        image.load()
-        with contextlib.suppress(Exception):  # a damaged EXIF block costs the orientation only
-            ImageOps.exif_transpose(image, in_place=True)
-        rgb = _to_rgb(_crop_aspect(image))
-    factor = min(rgb.size) // DRAFT_MIN_SIDE
-    return rgb.reduce(factor) if factor >= 2 else rgb
-
-
-@contextlib.contextmanager
-def _pil_limit_lifted() -> Iterator[None]:
-    # PIL refuses big images at open (and crop) time with its own global limit, before
-    # the size can be named; the source's own budget, checked right after, replaces it.
-    with _PIL_LIMIT:
-        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
-
-
-def _open_within_budget(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
-    with _pil_limit_lifted():
-        image = Image.open(path)
-    width, height = image.size
-    if width * height > max_pixels:
-        image.close()
-        raise _Unusable(
-            f"image is {width}x{height} = {width * height:,} pixels, over the budget of "
-            f"{max_pixels:,} (a decompression bomb?); if you trust the file, raise the "
-            "budget with --max-pixels"
-        )
-    return image
-
-
-def _crop_aspect(image: Image.Image) -> Image.Image:
-    width, height = image.size
-    longest = MAX_ASPECT * min(width, height)
-    if width > longest:
-        left = (width - longest) // 2
-        box = (left, 0, left + longest, height)
-    elif height > longest:
-        top = (height - longest) // 2
-        box = (0, top, width, top + longest)
-    else:
-        return image
-    with _pil_limit_lifted():
-        return image.crop(box)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    transparent = "transparency" in image.info  # a palette entry or colour key
-    if image.mode == "RGB" and not transparent:
-        return image
-    if image.mode.startswith("I") or image.mode == "F":
-        return _to_8bit(image).convert("RGB")
-    if image.mode == "PA" or (transparent and image.mode in ("P", "L", "1", "RGB")):
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "RGBa", "LA", "La"):
-        rgba = image.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
-    return image.convert("RGB")
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """A 16-bit, 32-bit or float single-channel image as 8-bit grey, scaled, not clipped."""
-    values = np.asarray(image).astype(np.float32)
-    if image.mode.startswith("I;16"):
-        values /= 257.0
-    else:
-        finite = np.isfinite(values)
-        low = float(values[finite].min()) if finite.any() else 0.0
-        high = float(values[finite].max()) if finite.any() else 0.0
-        if image.mode == "F" and low >= 0 and high <= 1:
-            values *= 255.0
-        elif low >= 0 and high <= 255:
-            pass
-        elif image.mode == "I" and low >= 0 and high <= 65535:  # 16-bit data held as 32-bit
-            values /= 257.0
-        else:
-            values = (values - low) * (255.0 / ((high - low) or 1.0))
-        values[~finite] = 0
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).split("\n")[0] or type(error).__name__
 
 
 def _first_per_split(items: list[Item], limit: int) -> list[Item]:
@@ -617,6 +486,36 @@ def _manifest_base(manifest: Path, root: str | os.PathLike[str] | None) -> Path:
     return Path(os.path.realpath(base))
 
 
+def _csv_records(rows: list[tuple[int, list[str]]], columns: list[str], shown: str,
+                 require_labels: bool) -> list[tuple[int, str, str, str]]:
+    """(line, path, label, split) of every non-blank manifest row, checked."""
+    index = {name: columns.index(name) for name in ("path", "label", "split") if name in columns}
+
+    def cell(row: list[str], name: str) -> str:
+        column = index.get(name)
+        return row[column].strip() if column is not None and column < len(row) else ""
+
+    records = []
+    for line, row in rows[1:]:
+        if not any(value.strip() for value in row):
+            continue  # blank lines and the ",,," rows spreadsheets leave behind
+        path, label, split = cell(row, "path"), cell(row, "label"), cell(row, "split").lower()
+        if not path:
+            raise CnnCodesError(f"Manifest {shown!r} line {line}: empty path; fill it in or delete the row.")
+        if split and split not in SPLITS:
+            raise CnnCodesError(
+                f"Manifest {shown!r} line {line}: split {cell(row, 'split')!r} is not one "
+                f"of {', '.join(SPLITS)}; use one of them or leave it empty."
+            )
+        if require_labels and not label:
+            raise CnnCodesError(
+                f"Manifest {shown!r} line {line}: empty label for {path!r}; training needs "
+                "a label on every row (or delete the row)."
+            )
+        records.append((line, path, label, split))
+    return records
+
+
 def _open_csv(manifest: Path, base: Path, require_labels: bool) -> ImageSource:
     shown = display_path(str(manifest))
     data = manifest.read_bytes()
@@ -643,37 +542,16 @@ def _open_csv(manifest: Path, base: Path, require_labels: bool) -> ImageSource:
             f"Manifest {shown!r} line 1 has columns {columns} but no 'label'; training "
             "needs a label on every row: add a 'label' column."
         )
-    index: dict[str, int] = {name: columns.index(name) for name in ("path", "label", "split") if name in columns}
-
-    def cell(row: list[str], name: str) -> str:
-        column = index.get(name)
-        return row[column].strip() if column is not None and column < len(row) else ""
-
-    records = []
-    for line, row in rows[1:]:
-        if not any(value.strip() for value in row):
-            continue  # blank lines and the ",,," rows spreadsheets leave behind
-        path, label, split = cell(row, "path"), cell(row, "label"), cell(row, "split").lower()
-        if not path:
-            raise CnnCodesError(f"Manifest {shown!r} line {line}: empty path; fill it in or delete the row.")
-        if split and split not in SPLITS:
-            raise CnnCodesError(
-                f"Manifest {shown!r} line {line}: split {cell(row, 'split')!r} is not one "
-                f"of {', '.join(SPLITS)}; use one of them or leave it empty."
-            )
-        if require_labels and not label:
-            raise CnnCodesError(
-                f"Manifest {shown!r} line {line}: empty label for {path!r}; training needs "
-                "a label on every row (or delete the row)."
-            )
-        records.append((line, path, label, split))
+    records = _csv_records(rows, columns, shown, require_labels)
     names = sorted({label for _, _, label, _ in records} - {""})
     number = {name: i for i, name in enumerate(names)}
     items, keys = [], []
     for _, path, label, split in records:
         target = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
         found = _examine(target, os.path.islink(target))
-        relative = os.path.relpath(target, base) if _is_within(target, str(base)) else target
+        # Stored as the manifest wrote it (normalised), so rows join back to the manifest.
+        written = os.path.expanduser(path)
+        relative = target if os.path.isabs(written) else os.path.normpath(written)
         items.append(Item(relative.replace(os.sep, "/"), number.get(label, -1), split, found.reason))
         keys.append(found.key)
     if items and all(item.skip_reason == "file not found" for item in items):
@@ -682,7 +560,7 @@ def _open_csv(manifest: Path, base: Path, require_labels: bool) -> ImageSource:
         raise CnnCodesError(
             f"Manifest {shown!r}: none of its {len(items)} files exist (line {line}: {path!r} "
             f"was looked for at {display_path(os.path.join(base, path))!r}). Relative paths "
-            f"start from {start}, {display_path(str(base))!r}; give root= (--root) if they "
+            f"start from {start}, {display_path(str(base))!r}; pass --root DIR (root= in Python) if they "
             "start from another folder."
         )
     warnings = _split_warnings(items) if any(it.split for it in items) else []
@@ -698,6 +576,17 @@ def _open_csv(manifest: Path, base: Path, require_labels: bool) -> ImageSource:
     return ImageSource(
         manifest.resolve(), "csv", items, names, fingerprint, has_split, base=base, warnings=warnings
     )
+
+
+def _open_builtin(spec: str) -> ImageSource:
+    """A built-in data set (``sklearn:digits``) as an in-memory source of ``split#row`` items."""
+    data = load_builtin(spec)
+    items = [
+        Item(f"{split}#{row}", int(label), split)
+        for split, labels in data.labels.items() for row, label in enumerate(labels)
+    ]
+    return ImageSource(Path(spec), "sklearn", items, data.classes, _digest(data.identity), True,
+                       dict(data.images))
 
 
 def _read_idx(path: Path) -> np.ndarray:

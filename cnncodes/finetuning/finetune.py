@@ -16,39 +16,42 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from . import __version__
-from .backbones import DEFAULT_MODEL, load_backbone
-from .errors import CnnCodesError
-from .extract import resolve_device
-from .layers import node_names
-from .paths import FINETUNE_FILE, default_runs_dir
-from .progress import Progress, log
-from .runtime import amp_dtype, tune_cpu_allocator
-from .sources import ImageDataset, ImageSource, collate_items, open_source
-from .surgery import HEAD_GROUP, install_head, layer_groups, unfrozen_groups
+from .._version import __version__
+from ..data.sources import ImageDataset, ImageSource, collate_items, open_source
+from ..data.splits import carve_validation, split_positions, validation_record
+from ..errors import CnnCodesError
+from ..nets.backbones import DEFAULT_MODEL, Backbone, load_backbone
+from ..nets.layers import node_names
+from ..nets.surgery import (
+    HEAD_GROUP,
+    LayerGroup,
+    install_head,
+    layer_groups,
+    unfrozen_groups,
+)
+from ..paths import FINETUNE_FILE, default_runs_dir
+from ..progress import Progress, log
+from ..runtime import amp_dtype, resolve_device, tune_cpu_allocator
 from .trainer import (
     EpochRecord,
     ImageBank,
     build_optimizer,
     build_scheduler,
-    carve_validation,
     evaluate,
     head_features,
     plot_curves,
     set_train_mode,
-    split_positions,
     train_epoch,
     train_transform,
     transform_from_spec,
     transform_spec,
-    validation_record,
     write_metrics,
 )
 
@@ -94,7 +97,7 @@ class FinetuneConfig:
             ``val`` split is used for early stopping; without one (only ``train`` and
             ``test``, or no split at all), ``val_fraction`` of the readable training images
             is held out, stratified by class and chosen by ``seed`` (see
-            :func:`cnncodes.trainer.carve_validation`; ``compare`` holds out the same).
+            :func:`cnncodes.data.splits.carve_validation`; ``compare`` holds out the same).
         strategy: 3 (frozen body, new head) or 4 (later layers fine-tuned, MLP head).
         model, weights: the backbone, as for ``cnncodes extract``.
         unfreeze_from: strategy 4: the first node that trains (node name, index into the
@@ -121,7 +124,7 @@ class FinetuneConfig:
         val_paths: the images to hold out instead (paths relative to the source, as in a
             code store; ``compare`` passes its carve-out); only for sources without val.
         limit: first N images of each split only (quick experiments).
-        out: run folder; default ``runs/<source>-<model>-strategy<N>-<time>`` (``$CNNCODES_RUNS``).
+        out: run folder; default ``cache/runs/<source>-<model>-strategy<N>-<time>``.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
         amp: mixed precision; default on for CUDA.
         seed: makes CPU runs repeatable (initialisation, shuffling, augmentation) and
@@ -231,7 +234,7 @@ class FinetuneResult:
         seconds: wall time of the whole run (decoding, training, evaluation).
         skipped: (path, reason) of images that could not be used.
         validation: what early stopping and the best epoch were chosen on (see
-            :func:`cnncodes.trainer.validation_record`; the paths when carved or given).
+            :func:`cnncodes.data.splits.validation_record`; the paths when carved or given).
     """
 
     run_dir: Path
@@ -278,6 +281,92 @@ def _describe(model: nn.Module, head_path: str, trainable_groups: list[str], sta
     return f"{body}head MLP {shape}" if len(linears) > 1 else f"{body}head Linear {shape}"
 
 
+@dataclass
+class _Built:
+    """The backbone with its new head, on its source, and which of its layers may train.
+
+    Attributes:
+        source, splits: the opened source and its labelled positions per split.
+        backbone: the pretrained network; ``backbone.model`` carries the new head.
+        head_path: where the head sits in the model.
+        groups: the layer groups, earliest first, the head last.
+        body_trainable: the parameter names that train, per body layer group (strategy 4).
+        start: the first node that trains, ``(head only)`` for strategy 3.
+        order: the body groups that train, nearest the head first (unfreezing order).
+        params: the model's parameters by name.
+    """
+
+    source: ImageSource
+    splits: dict[str, list[int]]
+    backbone: Backbone
+    head_path: str
+    groups: list[LayerGroup]
+    body_trainable: dict[str, list[str]]
+    start: str
+    order: list[str]
+    params: dict[str, nn.Parameter]
+
+    @property
+    def model(self) -> nn.Module:
+        return self.backbone.model
+
+
+class _Plan(NamedTuple):
+    """How the model trains: a learning rate and parameters per group, where, with what."""
+
+    learning_rates: dict[str, float]
+    trainable_by_group: dict[str, list[str]]
+    device: torch.device
+    amp: bool
+    optimizer: torch.optim.Optimizer
+
+
+@dataclass
+class _Images:
+    """The decoded images of every split, and what became of them."""
+
+    banks: dict[str, ImageBank]
+    splits: dict[str, list[int]]
+    validation: dict[str, Any]
+    skipped: list[tuple[str, str]]
+    sizes: dict[str, int]
+    eval_transform: Any
+    batch_size: int
+    generator: torch.Generator
+
+    def loader(self, split: str, transform: Any, shuffle: bool) -> torch.utils.data.DataLoader:
+        """``split`` shuffled by the seeded generator in ``batch_size`` batches (no last batch
+        of one), or in order, 64 at a time."""
+        dataset = self.banks[split].dataset(self.splits[split], transform)
+        n = len(dataset)  # type: ignore[arg-type]  # map-style datasets have __len__
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=self.batch_size if shuffle else 64,
+            shuffle=shuffle, generator=self.generator if shuffle else None,
+            drop_last=shuffle and n > self.batch_size and n % self.batch_size == 1,
+        )
+
+
+class _Batches(NamedTuple):
+    """What each epoch trains and validates on.
+
+    ``head`` is set when the body never trains: ``val_batches`` (and, without
+    augmentation, ``train_batches``, with ``train_model`` the head) then hold head features.
+    """
+
+    train_model: nn.Module
+    train_batches: Any
+    val_batches: Any
+    head: nn.Module | None
+
+
+class _Training(NamedTuple):
+    """The epochs run, and the one whose weights the checkpoint holds."""
+
+    history: list[EpochRecord]
+    best_epoch: int
+    checkpoint: Path
+
+
 def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> FinetuneResult:
     """Fine-tune a pretrained backbone on ``config.source`` with strategy 3 or 4.
 
@@ -293,6 +382,27 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
         raise TypeError("Pass either a FinetuneConfig or keyword options, not both.")
     started = time.perf_counter()
     generator = _seed_everything(config.seed)
+    built = _build(config)
+    plan = _plan(config, built)
+    run_dir = _run_dir(config, built.source)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    images = _decode(config, built, generator)
+    batches = _batches(config, built, plan, images)
+    training = _train(config, built, plan, batches, run_dir)
+    test_accuracy = _evaluate_best(built, plan, images, training.checkpoint)
+    result = _result(config, built, plan, images, training, test_accuracy,
+                     run_dir=run_dir, started=started)
+    _save_run(config, built, plan, images, result)
+    return result
+
+
+def _build(config: FinetuneConfig) -> _Built:
+    """Open the source, load the backbone, put the new head on it and pick what trains.
+
+    Raises:
+        CnnCodesError: ``val_paths`` for a source with its own val split, an unknown
+            ``unfreeze_from`` layer, a model without a linear classifier.
+    """
     source = open_source(config.source, limit=config.limit, require_labels=True)
     splits = split_positions(source)
     if splits["val"] and config.val_paths is not None:
@@ -314,177 +424,239 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
         body_trainable, start = {}, "(head only)"
     # Unfreezing order for progressive training: the group nearest the head first.
     order = [g.name for g in reversed(groups[:-1]) if g.name in body_trainable]
-    params = dict(model.named_parameters())
+    return _Built(source, splits, backbone, head_path, groups, body_trainable, start, order,
+                  dict(model.named_parameters()))
+
+
+def _plan(config: FinetuneConfig, built: _Built) -> _Plan:
+    """Discriminative learning rates per group, the device, and the optimizer.
+
+    Every parameter is frozen here; each epoch unfreezes those that train (:func:`_unfreeze`).
+    """
     learning_rates = {HEAD_GROUP: config.head_lr}
-    for depth, name in enumerate(order, start=1):
+    for depth, name in enumerate(built.order, start=1):
         learning_rates[name] = config.head_lr * config.lr_decay**depth
-    trainable_by_group = {HEAD_GROUP: groups[-1].params, **body_trainable}
+    trainable_by_group = {HEAD_GROUP: built.groups[-1].params, **built.body_trainable}
 
     device = resolve_device(config.device)
     if device.type == "cpu":
         tune_cpu_allocator()
     amp = device.type == "cuda" if config.amp is None else config.amp
+    model = built.model
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     optimizer = build_optimizer(
-        [([params[p] for p in trainable_by_group[g]], learning_rates[g])
-         for g in [*reversed(order), HEAD_GROUP]],
+        [([built.params[p] for p in trainable_by_group[g]], learning_rates[g])
+         for g in [*reversed(built.order), HEAD_GROUP]],
         name=config.optimizer, weight_decay=config.weight_decay,
     )
+    return _Plan(learning_rates, trainable_by_group, device, amp, optimizer)
 
-    run_dir = _run_dir(config, source)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    eval_transform = backbone.transform
-    banks, validation = _decode_splits(source, splits, config, int(eval_transform.resize_size[0]))
+
+def _decode(config: FinetuneConfig, built: _Built, generator: torch.Generator) -> _Images:
+    """Decode every split (holding a validation set out when needed) and log the sizes."""
+    eval_transform = built.backbone.transform
+    splits = built.splits
+    banks, validation = _decode_splits(
+        built.source, splits, config, int(eval_transform.resize_size[0])
+    )
     kept = {p for bank in banks.values() for p in bank.positions}
     skipped = [entry for bank in banks.values() for entry in bank.skipped]
     sizes = {split: len([p for p in splits[split] if p in kept]) for split in splits}
     log("finetune", f"strategy {config.strategy}: {sizes['train']} training, {sizes['val']} "
         f"validation ({validation['origin']}), {sizes['test']} test images",
         enabled=config.progress)
+    return _Images(banks, splits, validation, skipped, sizes, eval_transform,
+                   config.batch_size, generator)
 
-    def loader(split: str, transform: Any, shuffle: bool) -> torch.utils.data.DataLoader:
-        dataset = banks[split].dataset(splits[split], transform)
-        n = len(dataset)  # type: ignore[arg-type]  # map-style datasets have __len__
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size if shuffle else 64,
-            shuffle=shuffle, generator=generator if shuffle else None,
-            drop_last=shuffle and n > config.batch_size and n % config.batch_size == 1,
-        )
 
-    train_loader = loader("train", train_transform(eval_transform, augment=config.augment), True)
-    val_loader = loader("val", eval_transform, False)
-    head = model.get_submodule(head_path)
-    body_frozen = not order
-    val_batches: Any = val_loader
-    if body_frozen:  # the body never changes: its val features are computed once
-        val_batches = head_features(model, head, val_loader, device=device, amp=amp)
-    train_model, train_batches = model, train_loader
-    if body_frozen and not config.augment:  # nor do its train features without augmentation
-        features = head_features(model, head, train_loader, device=device, amp=amp)
-        dataset = torch.utils.data.TensorDataset(
-            torch.cat([f for f, _ in features]).cpu(), torch.cat([y for _, y in features]).cpu()
-        )
-        train_model = head
-        train_batches = torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size, shuffle=True, generator=generator
-        )
+def _batches(config: FinetuneConfig, built: _Built, plan: _Plan, images: _Images) -> _Batches:
+    """The train and val batches; with the body frozen throughout, head features instead."""
+    train_loader = images.loader(
+        "train", train_transform(images.eval_transform, augment=config.augment), True
+    )
+    val_loader = images.loader("val", images.eval_transform, False)
+    if built.order:  # the body trains: every epoch runs the whole model
+        return _Batches(built.model, train_loader, val_loader, None)
+    model, head = built.model, built.model.get_submodule(built.head_path)
+    # the body never changes: its val features are computed once
+    val_batches = head_features(model, head, val_loader, device=plan.device, amp=plan.amp)
+    if config.augment:
+        return _Batches(model, train_loader, val_batches, head)
+    # nor do its train features without augmentation
+    features = head_features(model, head, train_loader, device=plan.device, amp=plan.amp)
+    dataset = torch.utils.data.TensorDataset(
+        torch.cat([f for f, _ in features]).cpu(), torch.cat([y for _, y in features]).cpu()
+    )
+    train_batches = torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=True, generator=images.generator
+    )
+    return _Batches(head, train_batches, val_batches, head)
 
-    steps = config.epochs * len(train_batches)
-    scheduler = build_scheduler(optimizer, name=config.schedule, total_steps=steps)
+
+def _train(
+    config: FinetuneConfig, built: _Built, plan: _Plan, batches: _Batches, run_dir: Path,
+) -> _Training:
+    """Run the epochs; keep the best checkpoint (by val accuracy, then val loss).
+
+    Writes ``metrics.csv`` after every epoch; stops after ``config.patience`` epochs
+    without improvement (when not 0).
+    """
+    steps = config.epochs * len(batches.train_batches)
+    scheduler = build_scheduler(plan.optimizer, name=config.schedule, total_steps=steps)
     # Loss scaling is for float16 only; bfloat16 has float32's range.
-    scaler = torch.amp.GradScaler("cuda") if amp and amp_dtype(device) == torch.float16 else None
+    scaler = (torch.amp.GradScaler("cuda")
+              if plan.amp and amp_dtype(plan.device) == torch.float16 else None)
     history: list[EpochRecord] = []
     best: tuple[float, float] = (-1.0, float("inf"))
     best_epoch, waited = 0, 0
     checkpoint = run_dir / CHECKPOINT_FILE
     for epoch in range(1, config.epochs + 1):
-        epoch_started = time.perf_counter()
-        unfrozen = order[: epoch - 1] if config.progressive else order
-        active = set(trainable_by_group[HEAD_GROUP])
-        for name in unfrozen:
-            active.update(trainable_by_group[name])
-        for name, parameter in params.items():
-            parameter.requires_grad_(name in active)
-        set_train_mode(model, active, freeze_bn=config.freeze_bn)
-        # One bar per epoch on a terminal; elsewhere one line per epoch, with its scores.
-        with Progress(total=len(train_batches), unit="step", enabled=config.progress,
-                      desc=f"strategy {config.strategy} epoch {epoch}/{config.epochs}") as bar:
-            train_loss, train_accuracy = train_epoch(
-                train_model, train_batches, optimizer, scheduler, device=device, amp=amp,
-                scaler=scaler, bar=bar,
-            )
-            val_loss, val_accuracy, _ = evaluate(
-                model, val_batches, device=device, amp=amp, head=head if body_frozen else None
-            )
-            bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_accuracy:.3f}",
-                            val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.3f}")
-        record = EpochRecord(
-            epoch, optimizer.param_groups[-1]["lr"], train_loss, train_accuracy, val_loss,
-            val_accuracy, time.perf_counter() - epoch_started,
-            "+".join([*reversed(unfrozen), HEAD_GROUP]),
-        )
+        record = _epoch(config, built, plan, batches, epoch, scheduler=scheduler, scaler=scaler)
         history.append(record)
         write_metrics(run_dir / "metrics.csv", history)
-        if (val_accuracy, -val_loss) > (best[0], -best[1]):
-            best, best_epoch, waited = (val_accuracy, val_loss), epoch, 0
-            _save(model, checkpoint)
+        if (record.val_accuracy, -record.val_loss) > (best[0], -best[1]):
+            best, best_epoch, waited = (record.val_accuracy, record.val_loss), epoch, 0
+            _save(built.model, checkpoint)
         else:
             waited += 1
             if config.patience and waited >= config.patience:
                 break
+    return _Training(history, best_epoch, checkpoint)
 
-    model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
+
+def _unfreeze(config: FinetuneConfig, built: _Built, plan: _Plan, epoch: int) -> list[str]:
+    """Make the head and the body groups this epoch trains trainable; return those groups.
+
+    With ``progressive``, epoch N trains the N-1 body groups nearest the head.
+    """
+    unfrozen = built.order[: epoch - 1] if config.progressive else built.order
+    active = set(plan.trainable_by_group[HEAD_GROUP])
+    for name in unfrozen:
+        active.update(plan.trainable_by_group[name])
+    for name, parameter in built.params.items():
+        parameter.requires_grad_(name in active)
+    set_train_mode(built.model, active, freeze_bn=config.freeze_bn)
+    return unfrozen
+
+
+def _epoch(
+    config: FinetuneConfig, built: _Built, plan: _Plan, batches: _Batches, epoch: int,
+    *, scheduler: Any, scaler: Any,
+) -> EpochRecord:
+    """Train one epoch, then score it on the val split."""
+    epoch_started = time.perf_counter()
+    unfrozen = _unfreeze(config, built, plan, epoch)
+    device, amp = plan.device, plan.amp
+    # One bar per epoch on a terminal; elsewhere one line per epoch, with its scores.
+    with Progress(total=len(batches.train_batches), unit="step", enabled=config.progress,
+                  desc=f"strategy {config.strategy} epoch {epoch}/{config.epochs}") as bar:
+        train_loss, train_accuracy = train_epoch(
+            batches.train_model, batches.train_batches, plan.optimizer, scheduler,
+            device=device, amp=amp, scaler=scaler, bar=bar,
+        )
+        val_loss, val_accuracy, _ = evaluate(
+            built.model, batches.val_batches, device=device, amp=amp, head=batches.head
+        )
+        bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_accuracy:.3f}",
+                        val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.3f}")
+    return EpochRecord(
+        epoch, plan.optimizer.param_groups[-1]["lr"], train_loss, train_accuracy, val_loss,
+        val_accuracy, time.perf_counter() - epoch_started,
+        "+".join([*reversed(unfrozen), HEAD_GROUP]),
+    )
+
+
+def _evaluate_best(built: _Built, plan: _Plan, images: _Images, checkpoint: Path) -> float | None:
+    """Load the best checkpoint, freeze the model; its test accuracy (None without test)."""
+    model = built.model
+    model.load_state_dict(torch.load(checkpoint, map_location=plan.device, weights_only=True))
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     model.eval()
-    test_accuracy = None
-    if splits["test"]:
-        _, test_accuracy, _ = evaluate(
-            model, loader("test", eval_transform, False), device=device, amp=amp
-        )
-    trainable = [g for g in order if g in body_trainable]
-    counts = {g: sum(params[p].numel() for p in trainable_by_group[g]) for g in trainable_by_group}
+    if not built.splits["test"]:
+        return None
+    _, test_accuracy, _ = evaluate(
+        model, images.loader("test", images.eval_transform, False), device=plan.device,
+        amp=plan.amp,
+    )
+    return test_accuracy
+
+
+def _result(
+    config: FinetuneConfig, built: _Built, plan: _Plan, images: _Images, training: _Training,
+    test_accuracy: float | None, *, run_dir: Path, started: float,
+) -> FinetuneResult:
+    """What the run did: parameter counts and rates per group, the scores of the best epoch."""
+    params, by_group = built.params, plan.trainable_by_group
+    counts = {g: sum(params[p].numel() for p in by_group[g]) for g in by_group}
     group_rows = [
-        {"group": g.name, "lr": learning_rates.get(g.name, 0.0),
+        {"group": g.name, "lr": plan.learning_rates.get(g.name, 0.0),
          "trainable_params": counts.get(g.name, 0),
          "total_params": sum(params[p].numel() for p in g.params)}
-        for g in groups
+        for g in built.groups
     ]
-    best_record = history[best_epoch - 1]
-    result = FinetuneResult(
+    best_record = training.history[training.best_epoch - 1]
+    return FinetuneResult(
         run_dir=run_dir, strategy=config.strategy,
-        trained=_describe(model, head_path, list(reversed(trainable)), start),
+        trained=_describe(built.model, built.head_path, list(reversed(built.order)), built.start),
         trainable_params=sum(counts.values()),
-        total_params=sum(p.numel() for p in model.parameters()),
-        groups=group_rows, history=history, best_epoch=best_epoch,
+        total_params=sum(p.numel() for p in built.model.parameters()),
+        groups=group_rows, history=training.history, best_epoch=training.best_epoch,
         val_accuracy=best_record.val_accuracy, val_loss=best_record.val_loss,
         train_accuracy=best_record.train_accuracy, test_accuracy=test_accuracy,
-        seconds=time.perf_counter() - started, skipped=skipped, validation=validation,
+        seconds=time.perf_counter() - started, skipped=images.skipped,
+        validation=images.validation,
     )
-    plot_curves({f"strategy {config.strategy}": history}, result.curves_path,
-                title=f"{backbone.name} on {source.name}: {result.trained}")
+
+
+def _save_run(
+    config: FinetuneConfig, built: _Built, plan: _Plan, images: _Images, result: FinetuneResult,
+) -> None:
+    """Write ``curves.png`` and ``finetune.json`` (config, model, head, result, report row)."""
+    backbone, sizes, run_dir = built.backbone, images.sizes, result.run_dir
+    plot_curves({f"strategy {config.strategy}": result.history}, result.curves_path,
+                title=f"{backbone.name} on {built.source.name}: {result.trained}")
     _write_json(run_dir / FINETUNE_FILE, {
         "format": "cnncodes-finetune",
         "cnncodes_version": __version__,
         "torch_version": torch.__version__,
         # the held-out paths, when given, are under "validation"
         "config": {k: v for k, v in asdict(config).items() if k != "val_paths"},
-        "validation": validation,
+        "validation": result.validation,
         "model": backbone.name,
         "weights": backbone.weights,
         "weights_sha256": backbone.weights_sha256,
-        "classes": source.classes,
-        "transform": transform_spec(eval_transform),
-        "head": {"path": head_path, "hidden": list(config.head_sizes),
+        "classes": built.source.classes,
+        "transform": transform_spec(images.eval_transform),
+        "head": {"path": built.head_path, "hidden": list(config.head_sizes),
                  "replace_fc": config.replace_fc, "dropout": config.dropout},
-        "unfreeze_from_node": start,
-        "groups": group_rows,
-        "device": str(device),
-        "amp": amp,
+        "unfreeze_from_node": built.start,
+        "groups": result.groups,
+        "device": str(plan.device),
+        "amp": plan.amp,
         "result": {
             "trained": result.trained, "trainable_params": result.trainable_params,
-            "total_params": result.total_params, "best_epoch": best_epoch,
-            "epochs_run": len(history), "val_accuracy": result.val_accuracy,
+            "total_params": result.total_params, "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history), "val_accuracy": result.val_accuracy,
             "val_loss": result.val_loss, "train_accuracy": result.train_accuracy,
-            "test_accuracy": test_accuracy, "seconds": round(result.seconds, 2),
+            "test_accuracy": result.test_accuracy, "seconds": round(result.seconds, 2),
             "n_train": sizes["train"], "n_val": sizes["val"], "n_test": sizes["test"],
         },
-        "skipped": [list(s) for s in skipped],
+        "skipped": [list(s) for s in result.skipped],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         # the columns of 'cnncodes report' (cnncodes.report.RUN_COLUMNS) this run has
         "row": {
             "run": run_dir.name, "backbone": backbone.name, "weights": backbone.weights,
-            "layer": start, "pipeline": f"finetune strategy {config.strategy}",
+            "layer": built.start, "pipeline": f"finetune strategy {config.strategy}",
             "params": result.trained, "selected_on": "val", "n_train": sizes["train"],
             "train_accuracy": result.train_accuracy, "val_accuracy": result.val_accuracy,
-            "test_accuracy": test_accuracy, "fit_seconds": round(result.seconds, 3),
+            "test_accuracy": result.test_accuracy, "fit_seconds": round(result.seconds, 3),
         },
     })
-    return result
 
 
 def _decode_splits(
@@ -597,6 +769,11 @@ def predict_run(
         source has one), ``predicted``, ``proba_<class>`` per class. Unreadable images are
         listed in ``frame.attrs["skipped"]`` as (path, reason).
     """
+    if not isinstance(source, ImageSource) and str(source).lower().endswith((".h5", ".hdf5")):
+        raise CnnCodesError(
+            f"{str(run_dir)!r} is a fine-tuned run: it predicts from images, not from a code "
+            f"store such as {str(source)!r}; give an image folder or CSV manifest."
+        )
     model, transform, classes, _ = load_run(run_dir)
     if not isinstance(source, ImageSource):
         source = open_source(source)

@@ -21,7 +21,6 @@ import torch  # noqa: E402
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .explain import Attribution
 
 __all__ = [
     "displayable",
@@ -57,20 +56,29 @@ def displayable(image: torch.Tensor, transform: Any) -> np.ndarray:
 
 
 def plot_attribution(
-    image: np.ndarray, result: Attribution, path: Path, *, kind: str, title: str
+    image: np.ndarray, heat: np.ndarray, path: Path, *, kind: str, title: str, layer: str = ""
 ) -> None:
-    """The network input beside its saliency map, or under its Grad-CAM heat map."""
+    """The network input beside its saliency map, or under its Grad-CAM heat map.
+
+    Args:
+        image: the network input as an H x W x 3 array in [0, 1].
+        heat: the H x W map (saliency magnitudes, or Grad-CAM scaled to [0, 1]).
+        path: the PNG to write.
+        kind: ``saliency`` or ``gradcam``.
+        title: the figure's title.
+        layer: the Grad-CAM layer, named in the panel title.
+    """
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 4.4), constrained_layout=True)
     left.imshow(image)
     left.set_title("network input")
     if kind == "saliency":
-        shown = right.imshow(result.map, cmap="hot")
+        shown = right.imshow(heat, cmap="hot")
         right.set_title("|d score / d pixel|, max over RGB")
         label = "gradient magnitude"
     else:
         right.imshow(image)
-        shown = right.imshow(result.map, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-        right.set_title(f"Grad-CAM, layer {result.layer}")
+        shown = right.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        right.set_title(f"Grad-CAM, layer {layer}")
         label = "Grad-CAM (1 = strongest)"
     figure.colorbar(shown, ax=right, shrink=0.85, label=label)
     for axis in (left, right):

@@ -22,17 +22,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .backbones import DEFAULT_MODEL, load_backbone
-from .errors import CnnCodesError
-from .extract import ExtractResult, extract
-from .finetune import FinetuneConfig, FinetuneResult, finetune
-from .layers import node_names, resolve_layer
-from .paths import default_runs_dir
-from .progress import log
-from .sources import ImageSource, open_source
-from .store import CodeStore
-from .surgery import install_head, layer_groups
-from .trainer import MemoryMonitor, carve_validation, plot_curves, validation_record
+from ..data.sources import ImageSource, open_source
+from ..data.splits import carve_validation, validation_record
+from ..data.store import CodeStore
+from ..errors import CnnCodesError
+from ..extraction.extract import ExtractResult, extract
+from ..finetuning.finetune import FinetuneConfig, FinetuneResult, finetune
+from ..finetuning.trainer import MemoryMonitor, plot_curves
+from ..nets.backbones import DEFAULT_MODEL, load_backbone
+from ..nets.layers import node_names, resolve_layer
+from ..nets.surgery import install_head, layer_groups
+from ..paths import default_dir
+from ..progress import log
 
 __all__ = ["COMPARE_FILE", "CompareConfig", "CompareResult", "compare", "earlier_layers",
            "validation_set"]
@@ -64,7 +65,7 @@ class CompareConfig:
         unfreeze_from, head: strategy 4 options (see :class:`FinetuneConfig`).
         batch_size: images per training step.
         limit: first N images of each split only (quick experiments).
-        out: folder for the runs, table and plot; default ``runs/compare-<source>-<time>``.
+        out: folder for the runs, table and plot; default ``cache/compare/<source>-<time>``.
         device: ``auto``, ``cpu``, ``cuda`` ...
         seed: one seed for every strategy; also chooses the validation images when the
             source has no val split.
@@ -167,12 +168,12 @@ def validation_set(store_path: Path, *, val_fraction: float = 0.2, seed: int = 0
 
     The store's val split when it has one; otherwise ``val_fraction`` of its training rows
     (of every labelled row when the store has no split at all), stratified by class and
-    keyed by path (:func:`cnncodes.trainer.carve_validation`): the same images that
+    keyed by path (:func:`cnncodes.data.splits.carve_validation`): the same images that
     ``cnncodes finetune`` holds out of the source with the same fraction and seed. Test
     rows are never drawn.
 
     Returns:
-        A :func:`cnncodes.trainer.validation_record` (``paths`` when carved).
+        A :func:`cnncodes.data.splits.validation_record` (``paths`` when carved).
     """
     with CodeStore(store_path) as store:
         labels, split, paths = store.labels, store.split, np.asarray(store.file_paths, dtype=object)
@@ -220,7 +221,7 @@ def _code_strategies(
     val_paths: tuple[str, ...] | None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Strategies 1 and 2: one fit per layer of the extracted codes."""
-    from .fit import fit_pipeline  # scikit-learn side, imported only when comparing
+    from ..probe.fit import fit_pipeline  # scikit-learn side, imported only when comparing
 
     extracted, extract_seconds, extract_memory = codes
     penultimate = extracted.layers[0]
@@ -323,7 +324,7 @@ def compare(config: CompareConfig | None = None, /, **options: Any) -> CompareRe
     source = _check_source(config)
     test_items = [item for item in source.items if item.label >= 0 and item.split == "test"]
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(config.out) if config.out else default_runs_dir() / f"compare-{source.name}-{stamp}"
+    out = Path(config.out) if config.out else default_dir("compare") / f"{source.name}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     candidates = list(config.layers) if config.layers else earlier_layers(config.model)
 

@@ -8,7 +8,9 @@ everything for every candidate:
 - a regularisation *path* parameter (``C``) is walked in increasing order, warm-starting
   each fit from the previous solution where the estimator has ``warm_start``, and the walk
   stops once the score has been below the best for ``patience`` values in a row: the
-  weakly regularised end of the path is where fits take longest and rarely help.
+  weakly regularised end of the path is where fits take longest and rarely help. A best
+  at the path's first value is no peak (the grid may start too high), so the walk then
+  goes on past a dip.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def search_pipeline(
         for fold in prepared:
             fold.estimator = None
         group_best, below = -np.inf, 0
-        for params in group:
+        for position, params in enumerate(group):
             candidate_started = time.perf_counter()
             predictions = np.full(len(y), -1, dtype=np.int64)
             scores = []
@@ -156,10 +158,11 @@ def search_pipeline(
             if path_parameter is None:
                 continue
             if score > group_best:
-                group_best, below = score, 0
+                group_best, below, best_position = score, 0, position
             elif score < group_best:
                 below += 1
-                if below >= patience:
+                # A best at the grid's first value is no evidence of a peak: keep walking.
+                if below >= patience and best_position > 0:
                     break
     return SearchResult(
         dict(best_params), float(best_score), candidates, best_predictions,

@@ -34,6 +34,7 @@ resumes from them; a finished store is never left half-overwritten.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -47,7 +48,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import CnnCodesError
+from ..errors import CnnCodesError
 
 __all__ = ["CodeStore", "PartWriter", "assemble_store", "seal_store", "FORMAT_VERSION",
            "STRING"]
@@ -598,10 +599,49 @@ class CodeStore:
         specs = [str(s) for s in self.attrs.get("layer_specs", [])]
         if text in specs and len(specs) == len(layers):
             return layers[specs.index(text)]
+        names = self.attrs.get("node_names") or []
+        if names and text.lstrip("-").isdigit() and -len(names) <= int(text) < len(names):
+            name = names[int(text)]  # an index into the backbone's node list, as --layer
+            if name in layers:
+                return name
+            raise CnnCodesError(
+                f"Layer {text} of {self.attrs.get('backbone')} is {name}, which code store "
+                f"{self.path.name!r} does not hold; it holds {', '.join(layers)}. Extract it "
+                f"with 'cnncodes extract SOURCE --layer {text}'."
+            )
         raise CnnCodesError(
             f"Layer {text!r} is not in code store {self.path.name!r}; it holds "
             f"{', '.join(layers)} (extracted as {', '.join(specs)})."
         )
+
+    def summary(self) -> dict[str, Any]:
+        """What ``cnncodes info`` shows: provenance, layers, class and split counts, skips."""
+        attrs, classes = self.attrs, self.classes
+        labels = collections.Counter(self.labels.tolist())
+        split = self.split
+        summary: dict[str, Any] = {key: attrs.get(key, "") for key in (
+            "backbone", "weights", "weights_sha256", "pooling", "preprocessing", "source",
+            "source_kind", "source_fingerprint", "precision", "cnncodes_version", "created",
+        )}
+        summary["layers"] = [
+            {"name": name, "spec": self.spec_of(name), "rows": len(self), "dim": self.dim(name)}
+            for name in self.layers
+        ]
+        summary["classes"] = {
+            (classes[i] if 0 <= i < len(classes) else "unlabeled"): n
+            for i, n in sorted(labels.items())
+        }
+        summary["split"] = dict(collections.Counter(split.tolist())) if split is not None else None
+        summary["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
+        return summary
+
+    def spec_of(self, layer: str | int | None = None) -> str:
+        """The ``--layer`` spec a stored layer was extracted as (``-2``), or its node name
+        when the store does not say. The other half of :meth:`resolve`."""
+        name = self.resolve(layer)
+        specs = [str(s) for s in self.attrs.get("layer_specs", [])]
+        layers = self.layers
+        return specs[layers.index(name)] if len(specs) == len(layers) else name
 
     def dim(self, layer: str | int | None = None) -> int:
         return int(self._file[f"codes/{self.resolve(layer)}"].shape[1])

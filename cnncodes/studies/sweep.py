@@ -17,12 +17,12 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from .backbones import DEFAULT_MODEL, Backbone, load_backbone
-from .errors import CnnCodesError
-from .layers import check_pool, is_spatial, list_layers, node_names, resolve_layers
-from .paths import safe_name
-from .progress import log
-from .store import CodeStore
+from ..data.store import CodeStore
+from ..errors import CnnCodesError
+from ..nets.backbones import DEFAULT_MODEL, Backbone, load_backbone
+from ..nets.layers import check_pool, is_spatial, list_layers, node_names, resolve_layers
+from ..paths import default_dir, safe_name
+from ..progress import log
 
 __all__ = [
     "DEFAULT_STAGES",
@@ -214,6 +214,24 @@ def _log(config: SweepConfig, message: str) -> None:
     log("sweep", message, enabled=config.progress)
 
 
+def _extract_layers(config: SweepConfig) -> tuple[Path, list[str], dict[str, int]]:
+    """Extract every layer of the sweep in one pass; the store, layers and their depth."""
+    from ..extraction.extract import extract
+
+    backbone = load_backbone(config.model, config.weights)
+    layers = sweep_layers(backbone, config.layers, config.pool)
+    names = node_names(backbone)
+    depth = {name: names.index(name) for name in layers}
+    _log(config, f"extracting {len(layers)} layers in one pass: {', '.join(layers)}")
+    extracted = extract(
+        source=config.source, model=config.model, weights=config.weights,
+        layers=tuple(layers), pool=config.pool, limit=config.limit, out=config.store,
+        batch_size=config.batch_size, workers=config.workers, device=config.device,
+        progress=config.progress,
+    )
+    return extracted.path, layers, depth
+
+
 def _store_layers(config: SweepConfig) -> tuple[Path, list[str], dict[str, int]]:
     """Layers of an existing store, in depth order, with node indices where known."""
     path = Path(config.source)
@@ -242,9 +260,8 @@ def sweep(config: SweepConfig | None = None, /, **options: Any) -> SweepResult:
     Raises:
         CnnCodesError: any problem with the source, model, layers or pipeline options.
     """
-    from . import figures
-    from .extract import extract
-    from .fit import fit_pipeline
+    from ..explainers import figures
+    from ..probe.fit import fit_pipeline
 
     if config is None:
         if isinstance(options.get("layers"), list):
@@ -260,22 +277,11 @@ def sweep(config: SweepConfig | None = None, /, **options: Any) -> SweepResult:
     if Path(config.source).suffix.lower() in STORE_SUFFIXES:
         store_path, layers, depth = _store_layers(config)
     else:
-        backbone = load_backbone(config.model, config.weights)
-        layers = sweep_layers(backbone, config.layers, config.pool)
-        names = node_names(backbone)
-        depth = {name: names.index(name) for name in layers}
-        _log(config, f"extracting {len(layers)} layers in one pass: {', '.join(layers)}")
-        extracted = extract(
-            source=config.source, model=config.model, weights=config.weights,
-            layers=tuple(layers), pool=config.pool, limit=config.limit, out=config.store,
-            batch_size=config.batch_size, workers=config.workers, device=config.device,
-            progress=config.progress,
-        )
-        store_path = extracted.path
+        store_path, layers, depth = _extract_layers(config)
     with CodeStore(store_path) as store:
         dims = {name: store.dim(name) for name in layers}
         attrs = store.attrs
-    out = Path(config.out) if config.out else Path("sweeps") / safe_name(
+    out = Path(config.out) if config.out else default_dir("sweeps") / safe_name(
         f"{store_path.stem}-{Path(config.clf).stem}"
     )
     out.mkdir(parents=True, exist_ok=True)

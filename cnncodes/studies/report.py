@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from .errors import CnnCodesError
-from .model import METADATA_FILE, PREDICTIONS_FILE
-from .paths import FINETUNE_FILE
+from ..errors import CnnCodesError
+from ..paths import FINETUNE_FILE
+from ..probe.model import METADATA_FILE, PREDICTIONS_FILE
 
 __all__ = ["RUN_COLUMNS", "FORMATS", "run_table", "per_class_table", "confusion_table",
            "format_table", "report", "read_run"]
@@ -123,16 +123,36 @@ def format_table(frame: pd.DataFrame, fmt: str = "md", *, digits: int = 4) -> st
     """
     if fmt not in FORMATS:
         raise CnnCodesError(f"Unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}.")
-    frame = frame.round(digits)
+    frame = _whole_numbers(frame.round(digits))
     if fmt == "md":
         return frame.to_markdown(index=False, floatfmt=f".{digits}f", missingval="")
     if fmt == "csv":
         return frame.to_csv(index=False)
     if fmt == "json":
-        return frame.to_json(orient="records", force_ascii=False)
+        return json.dumps(_records(frame), ensure_ascii=False, default=str)
     if fmt == "latex":
         return frame.to_latex(index=False, float_format=f"%.{digits}f", na_rep="", escape=True)
     return frame.to_html(index=False, float_format=f"%.{digits}f".__mod__, na_rep="")
+
+
+def _whole_numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Float columns that hold only whole numbers (counts with a gap, which pandas made
+    float) as nullable integers, so that CSV says 1280, not 1280.0."""
+    out = frame.copy()
+    for column in out.columns:
+        values = out[column]
+        if pd.api.types.is_float_dtype(values) and values.notna().any():
+            present = values.dropna()
+            # Above 1 only: a score column of 0.0 and 1.0 stays a score.
+            if (present == present.round()).all() and 1 < present.abs().max() < 2**53:
+                out[column] = values.astype("Int64")
+    return out
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as plain Python values, missing values as None (JSON null)."""
+    rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    return [{str(k): (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in rows]
 
 
 def report(
@@ -175,9 +195,8 @@ def _machine_report(runs: Sequence[str | os.PathLike[str]], fmt: str, *, per_cla
             confusion_table(r, split).assign(run=Path(r).name) for r in runs
         ])
     if fmt == "json":
-        return json.dumps({
-            name: json.loads(table.to_json(orient="records", force_ascii=False))
-            for name, table in tables.items()
-        }, ensure_ascii=False)
-    stacked = pd.concat([t.assign(table=name) for name, t in tables.items()], ignore_index=True)
+        return json.dumps({name: _records(_whole_numbers(table)) for name, table in tables.items()},
+                          ensure_ascii=False, default=str)
+    stacked = _whole_numbers(
+        pd.concat([t.assign(table=name) for name, t in tables.items()], ignore_index=True))
     return stacked[["table", *[c for c in stacked.columns if c != "table"]]].to_csv(index=False)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import CnnCodesError
 from .backbones import Backbone
-from .errors import CnnCodesError
 
 __all__ = [
     "POOLINGS",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,9 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from ..data.store import CodeStore, display_text
+from ..paths import FINETUNE_FILE
 from .model import FittedModel, load_model
-from .paths import FINETUNE_FILE
-from .store import CodeStore, display_text
 
 __all__ = ["predict"]
 
@@ -31,11 +32,14 @@ def predict(
     device: str = "auto",
     progress: bool = True,
     trusted: Sequence[str] = (),
+    keep_codes: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Predict the class of every image of a source or every row of a code store.
 
     Given images, the codes are extracted with exactly the backbone, weights, layer and
-    pooling recorded in the run (a cached store is reused). A fine-tuned run (one holding
+    pooling recorded in the run, into a temporary store that is removed afterwards unless
+    ``keep_codes`` names where to keep it (a store already there with the same settings is
+    reused: the images are not run again). A fine-tuned run (one holding
     ``finetune.json``) is handed to :func:`cnncodes.finetune.predict_run`.
 
     Args:
@@ -47,6 +51,7 @@ def predict(
         progress: show the extraction progress bar.
         trusted: further type names the run's ``model.skops`` may hold, for a run made
             with your own pipeline file (see :func:`cnncodes.load_model`).
+        keep_codes: keep the extracted codes in this store (``.h5``).
 
     Returns:
         One row per image: ``path`` (as valid UTF-8: file-name bytes that are not UTF-8
@@ -60,7 +65,9 @@ def predict(
     """
     run = Path(model_run)
     if (run / FINETUNE_FILE).is_file():
-        from .finetune import predict_run  # fine-tuned PyTorch runs need torch training code
+        from ..finetuning.finetune import (
+            predict_run,  # fine-tuned PyTorch runs need torch training code
+        )
 
         frame = _displayable(predict_run(run, source_or_store))
     else:
@@ -70,9 +77,11 @@ def predict(
             with CodeStore(target) as store:
                 frame = _predict_store(model, store)
         else:
-            store_path = _extract_like(model, target, batch_size, device, progress)
-            with CodeStore(store_path) as store:
-                frame = _predict_store(model, store)
+            with tempfile.TemporaryDirectory(prefix="cnncodes-predict-") as scratch:
+                out = Path(keep_codes) if keep_codes else Path(scratch) / "codes.h5"
+                _extract_like(model, target, out, batch_size, device, progress)
+                with CodeStore(out) as store:
+                    frame = _predict_store(model, store)
     if out_csv is not None:
         Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out_csv, index=False)
@@ -92,16 +101,16 @@ def _displayable(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _extract_like(model: FittedModel, source: Path, batch_size: int, device: str,
+def _extract_like(model: FittedModel, source: Path, out: Path, batch_size: int, device: str,
                   progress: bool) -> Path:
-    from .extract import extract
+    from ..extraction.extract import extract
 
     meta = model.metadata
     weights = str(meta["weights"])
     result = extract(
         source=str(source), model=meta["backbone"], weights=weights.removeprefix("file:"),
         layers=(model.layer,), pool=meta["pooling"], batch_size=batch_size, device=device,
-        progress=progress,
+        progress=progress, out=str(out),
     )
     return result.path
 

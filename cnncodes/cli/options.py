@@ -1,0 +1,80 @@
+"""Options that several commands share, defined once, and the output-path check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+F = Callable[..., Any]
+
+TABLE_FORMATS = ("md", "csv", "json", "latex", "html")
+"""Every table a command prints on stdout comes in these formats."""
+
+
+def check_out(out: str | None, *, folder: bool) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+    if out is not None:
+        from ..paths import check_output_path
+
+        check_output_path(out, folder=folder)
+
+
+
+def model_option(function: F) -> F:
+    from ..nets.defaults import DEFAULT_MODEL
+
+    return click.option(
+        "--model", "-m", default=DEFAULT_MODEL, show_default=True,
+        help="Backbone: efficientnet_lite0 (offline), a torchvision model name, or timm:NAME. "
+        "See 'cnncodes models'.",
+    )(function)
+
+
+def weights_option(default: str = "DEFAULT") -> Callable[[F], F]:
+    return click.option(
+        "--weights", "-w", default=default, show_default=True,
+        help="Weights enum name (DEFAULT, IMAGENET1K_V1, ...), 'none' for random, or a path "
+        "to a state dict (.pth).",
+    )
+
+
+def layer_option(function: F) -> F:
+    return click.option(
+        "--layer", "-l", "layers", multiple=True, default=("-2",), show_default=True,
+        help="Layer to tap: an FX node name or an index into the eval node list (-1 logits, "
+        "-2 penultimate code, lower = earlier). Repeat for several layers in one pass.",
+    )(function)
+
+
+def pool_option(function: F) -> F:
+    return click.option(
+        "--pool", type=click.Choice(["avg", "max", "avgmax", "none"]), default="avg",
+        show_default=True, help="How spatial maps become vectors.",
+    )(function)
+
+
+def device_option(function: F) -> F:
+    return click.option(
+        "--device", default="auto", show_default=True,
+        help="auto (CUDA when present), cpu, cuda, cuda:N.",
+    )(function)
+
+
+
+
+def head_option(function: F) -> F:
+    return click.option(
+        "--head", default=None,
+        help="Hidden sizes of a new MLP head, e.g. 512,256; 'none' for one linear layer "
+        "(default: linear for strategy 3, 256 for strategy 4).",
+    )(function)
+
+
+def unfreeze_option(function: F) -> F:
+    return click.option(
+        "--unfreeze-from", default=None,
+        help="Strategy 4: first layer that trains (node name, index as for --layer, or a "
+        "module such as layer4 / blocks.5). Default: the last two layer groups.",
+    )(function)

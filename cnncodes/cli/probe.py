@@ -1,0 +1,106 @@
+"""Commands for scikit-learn pipelines on the codes: fit, predict, report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .options import (
+    TABLE_FORMATS,
+    check_out,
+    device_option,
+)
+
+
+@click.command()
+@click.argument("store", type=click.Path())
+@click.option("--clf", "-c", default="logreg", show_default=True,
+              help="Pipeline: logreg, linear_svm, rbf_svm, mlp, knn, or a path to your own "
+              ".py file defining build(**params) and search_space.")
+@click.option("--layer", "-l", default=None,
+              help="Store layer: node name or the spec used at extraction (-2); default the first.")
+@click.option("--cv", default=5, show_default=True,
+              help="Stratified CV folds, used when the store has no val split.")
+@click.option("--pca", type=int, help="Insert PCA to N components before the classifier.")
+@click.option("--l2norm", is_flag=True, help="L2-normalise every code first.")
+@click.option("--refit-on", type=click.Choice(["train", "train+val"]), default="train",
+              show_default=True, help="Rows the final model is fitted on after selection.")
+@click.option("--seed", default=0, show_default=True, help="Random state of folds and estimators.")
+@click.option("--out", "-o", type=click.Path(), help="Run folder (default: cache/runs/<store>-<clf>-<layer>).")
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True,
+              help="Format of the result row printed on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr; only the result row.")
+def fit(store: str, quiet: bool, fmt: str, **options: Any) -> None:
+    """Train, tune (C on a log grid), evaluate and save a pipeline on the codes of STORE.
+
+    stdout carries the result row (--format); progress and the run folder go to stderr.
+    """
+    import pandas as pd
+
+    from ..probe.fit import fit_pipeline
+    from ..studies.report import format_table
+
+    check_out(options.get("out"), folder=True)
+    result = fit_pipeline(store, progress=not quiet, **options)
+    if not quiet:
+        click.echo(f"saved {result.model_path}", err=True)
+    click.echo(format_table(pd.DataFrame([result.row]), fmt))
+
+
+@click.command()
+@click.argument("model", type=click.Path())
+@click.argument("source", type=click.Path())
+@click.option("--keep-codes", type=click.Path(dir_okay=False),
+              help="Keep the codes extracted from SOURCE in this store (.h5); by default they "
+              "go to a temporary store that is removed (a store of other codes is refused).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False),
+              help="Also write the predictions to this CSV file.")
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="csv", show_default=True,
+              help="Format of the predictions printed on stdout.")
+@click.option("--batch-size", "-b", default=32, show_default=True, help="Images per forward pass.")
+@device_option
+@click.option("--trust", "trusted", multiple=True,
+              help="A type name in the model file to load although it is not one of the "
+              "shipped pipelines' (only for files you made yourself). Repeatable.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
+def predict(model: str, source: str, out: str | None, fmt: str, quiet: bool,
+            **options: Any) -> None:
+    """Predict with run MODEL on SOURCE: images (extracted like the training codes) or a store.
+
+    stdout carries one row per image (--format); skipped files are listed on stderr.
+    """
+    from ..probe.predict import predict as run_predict
+    from ..studies.report import format_table
+
+    if not options["trusted"]:
+        options.pop("trusted")
+    check_out(out, folder=False)
+    check_out(options.get("keep_codes"), folder=False)
+    frame = run_predict(model, source, out, progress=not quiet, **options)
+    skipped = frame.attrs.get("skipped", [])
+    click.echo(format_table(frame, fmt, digits=6), nl=fmt != "csv")
+    if out is not None and not quiet:
+        click.echo(f"{out}: {len(frame)} predictions", err=True)
+    for path, reason in skipped:
+        click.echo(f"  skipped {path}: {reason}", err=True)
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)
+@click.option("--per-class", is_flag=True, help="Add precision/recall/F1 per class.")
+@click.option("--confusion", is_flag=True, help="Add a confusion matrix per run.")
+@click.option("--split", help="Held-out split for per-class tables (default: test, val or cv).")
+@click.option("--out", "-o", type=click.Path(), help="Also write the report to this file.")
+def report(runs: tuple[str, ...], fmt: str, out: str | None, **options: Any) -> None:
+    """One comparison table of the fitted RUNS (run folders): Markdown, CSV, JSON, LaTeX or HTML."""
+    from pathlib import Path
+
+    from ..studies.report import report as render
+
+    check_out(out, folder=False)
+    text = render(list(runs), fmt=fmt, **options)
+    click.echo(text)
+    if out is not None:
+        Path(out).write_text(text + "\n", encoding="utf-8")

@@ -1,0 +1,118 @@
+"""Studies over many fits: the four-strategy comparison and the layer sweep."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .options import (
+    TABLE_FORMATS,
+    check_out,
+    device_option,
+    head_option,
+    model_option,
+    pool_option,
+    unfreeze_option,
+    weights_option,
+)
+
+
+@click.command()
+@click.argument("source", type=click.Path())
+@model_option
+@weights_option()
+@click.option("--clf", "-c", default="logreg", show_default=True, help="Pipeline for strategies 1 and 2.")
+@click.option("--layer", "-l", "layers", multiple=True,
+              help="Candidate earlier layer for strategy 2 (repeat); default: the last three stages.")
+@pool_option
+@click.option("--epochs", "-e", default=5, show_default=True, help="Most epochs for strategies 3 and 4.")
+@unfreeze_option
+@head_option
+@click.option("--batch-size", "-b", default=32, show_default=True, help="Images per training step.")
+@click.option("--limit", type=int, help="Only the first N images of each split.")
+@click.option("--out", "-o", type=click.Path(), help="Folder for runs, table and plot (default: cache/compare/<source>-<time>).")
+@device_option
+@click.option("--val-fraction", default=0.2, show_default=True,
+              help="When SOURCE has no val split: share of each class's training images held "
+              "out to choose on (C, the strategy-2 layer, the best epoch), the same images "
+              "for all four strategies. Test images are never used to choose.")
+@click.option("--seed", default=0, show_default=True,
+              help="Random state of every strategy; also picks the held-out validation images "
+              "when SOURCE has no val split.")
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="Only the table.")
+def compare(source: str, layers: tuple[str, ...], head: str | None, fmt: str, quiet: bool,
+            **options: Any) -> None:
+    """Strategies 1-4 on SOURCE (same split, same backbone): one table and one plot.
+
+    SOURCE needs training images; a val split is used as it is, otherwise --val-fraction
+    of each class's training images is held out (seeded) and every strategy chooses on
+    that same set. A test split is only scored, never chosen on.
+    """
+    from ..finetuning.finetune import parse_head
+    from ..studies.compare import CompareConfig
+    from ..studies.compare import compare as run_compare
+    from ..studies.report import format_table
+
+    check_out(options.get("out"), folder=True)
+    config = CompareConfig(
+        source=source, layers=tuple(layers) or None, head=parse_head(head),
+        progress=not quiet, **options,
+    )
+    result = run_compare(config)
+    click.echo(format_table(result.table, fmt))
+    if not quiet:
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
+        click.echo(f"runs, compare.csv and curves.png in {result.out}", err=True)
+
+
+
+@click.command()
+@click.argument("data", type=click.Path())
+@click.option("--clf", "-c", default="logreg", show_default=True,
+              help="Pipeline fitted on every layer (as for 'cnncodes fit').")
+@click.option("--layer", "-l", "layer", multiple=True,
+              help="Layer to sweep, repeatable; also a comma list (-2,-5,layer3), 'default' "
+              "(last 4 stages + penultimate code, the default) or 'all' (every stage, the "
+              "code and the logits).")
+@click.option("--layers", "layers_alias", multiple=True, hidden=True)
+@model_option
+@weights_option()
+@pool_option
+@click.option("--limit", type=int, help="Only the first N images of each split.")
+@click.option("--cv", default=5, show_default=True, help="CV folds when there is no val split.")
+@click.option("--pca", type=int, help="PCA to N components first (layers with fewer dims: none).")
+@click.option("--l2norm", is_flag=True, help="L2-normalise every code first.")
+@click.option("--seed", default=0, show_default=True, help="Random state of folds and estimators.")
+@click.option("--out", "-o", type=click.Path(),
+              help="Folder for sweep.csv/.md/.png and the runs (default: cache/sweeps/<store>-<clf>).")
+@click.option("--store", type=click.Path(), help="Code store path (default: the extraction cache).")
+@click.option("--batch-size", "-b", default=32, show_default=True, help="Images per forward pass.")
+@click.option("--workers", "-j", type=int, help="Decoding processes (default: spare cores on GPU; 0 on a CPU of 2 cores).")
+@device_option
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="Only the table (on stdout); nothing on stderr.")
+def sweep(data: str, layer: tuple[str, ...], layers_alias: tuple[str, ...], fmt: str,
+          quiet: bool, **options: Any) -> None:
+    """Accuracy of one pipeline on codes from several layers: the transferability curve.
+
+    DATA is an image source (extracted once, all layers in one pass) or a code store (.h5),
+    whose layers are then swept as they are.
+    """
+    from ..studies.report import format_table
+    from ..studies.sweep import SweepConfig
+    from ..studies.sweep import sweep as run_sweep
+
+    check_out(options.get("out"), folder=True)
+    specs = [s.strip() for text in (*layer, *layers_alias) for s in text.split(",") if s.strip()]
+    keywords = [s for s in specs if s.lower() in ("default", "all")]
+    if keywords and len(specs) > 1:
+        raise click.UsageError(f"--layer {keywords[0]} cannot be combined with other layers.")
+    chosen = keywords[0].lower() if keywords else (",".join(specs) or "default")
+    result = run_sweep(SweepConfig(source=data, layers=chosen, progress=not quiet, **options))
+    click.echo(format_table(result.table, fmt))
+    if not quiet:
+        for path in (result.table_path, result.markdown_path, result.plot_path):
+            click.echo(f"wrote {path}", err=True)

@@ -1,0 +1,1 @@
+"""Studies over many fits: the four-strategy comparison, the layer sweep, and reports."""
