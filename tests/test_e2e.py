@@ -342,6 +342,9 @@ def test_bad_input_corpus_end_to_end(elsewhere: Path, tmp_path: Path, digits_sto
     run_cli("fit", str(digits_store), "--cv", "2", "--out", "runs/corpus", "-q")
     predicted = pd.read_csv(io.StringIO(run_cli("predict", "runs/corpus", str(tree)).stdout))
     assert set(predicted["path"]) == rows and "cats/caf\\xe9.jpg" in rows
+    one = run_cli("predict", "runs/corpus", str(tree / "cats" / "good.jpg"), "--format", "json")
+    (row,) = json.loads(one.stdout)
+    assert row["path"] == "good.jpg" and row["predicted"] in [str(d) for d in range(10)]
 
 
 def test_a_weights_download_keeps_stdout_clean(elsewhere: Path, tmp_path: Path,

@@ -103,7 +103,7 @@ class ImageSource:
 
     @property
     def name(self) -> str:
-        return self.root.stem if self.kind == "csv" else self.root.name
+        return self.root.stem if self.kind in ("csv", "file") else self.root.name
 
     def open_image(self, item: Item) -> Image.Image:
         """Decode one item to an RGB PIL image (raises on unreadable files)."""
@@ -199,11 +199,14 @@ def open_source(
         )
     if is_builtin(path):  # sklearn:digits, shipped inside scikit-learn
         source = _open_builtin(str(path))
+    elif is_manifest and location.suffix.lower() in IMAGE_EXTENSIONS and not require_labels:
+        source = _open_single(location)  # one image: predict on it
     elif is_manifest:
         if location.suffix.lower() != ".csv":
             raise CnnCodesError(
-                f"Source {shown!r} is a file but not a .csv manifest; give a folder of "
-                "images or a CSV with columns path,label[,split]."
+                f"Source {shown!r} is a file but neither a .csv manifest nor an image "
+                f"({', '.join(IMAGE_EXTENSIONS)}); give an image, a folder of images or a "
+                "CSV with columns path,label[,split]."
             )
         source = _open_csv(location, _manifest_base(location, root), require_labels)
     elif all((location / name).exists() for name in IDX_FILES["train"]):
@@ -576,6 +579,15 @@ def _open_csv(manifest: Path, base: Path, require_labels: bool) -> ImageSource:
     return ImageSource(
         manifest.resolve(), "csv", items, names, fingerprint, has_split, base=base, warnings=warnings
     )
+
+
+def _open_single(image: Path) -> ImageSource:
+    """One image file as an unlabeled source (``cnncodes predict RUN photo.jpg``)."""
+    found = _examine(str(image), image.is_symlink())
+    item = Item(image.name, -1, "", found.reason)
+    fingerprint = _digest(["file", DECODING, image.name, found.key])
+    return ImageSource(image.resolve(), "file", [item], [], fingerprint, False,
+                       base=image.parent.resolve())
 
 
 def _open_builtin(spec: str) -> ImageSource:

@@ -7,6 +7,7 @@ Every figure has a title and a colour bar or a labelled second axis, and is writ
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,10 @@ matplotlib.use("Agg")  # files only; never a window, also on machines without a 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+# Titles name the user's files; a name in a script the font lacks (CJK, ...) shows boxes
+# for those letters instead of a warning per letter on stderr.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
 
 if TYPE_CHECKING:
     import pandas as pd
