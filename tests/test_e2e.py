@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -369,3 +370,54 @@ def test_knn_and_layer_indices_on_small_multi_layer_stores(elsewhere: Path, tmp_
     assert row["layer"] == "global_pool.flatten" and row["n_train"] == 8
     missing = run_cli("fit", str(store), "--layer", "-5", "--out", "runs/x", code=2)
     assert "does not hold" in error_line(missing.stderr) and not Path("runs/x").exists()
+
+
+def _write_idx(folder: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    import gzip
+
+    from cnncodes.data.sources import IDX_FILES
+
+    image_file, label_file = IDX_FILES[split]
+    header = b"\0\0\x08\x03" + b"".join(int(n).to_bytes(4, "big") for n in images.shape)
+    (folder / image_file).write_bytes(gzip.compress(header + images.astype(np.uint8).tobytes()))
+    header = b"\0\0\x08\x01" + len(labels).to_bytes(4, "big")
+    (folder / label_file).write_bytes(gzip.compress(header + labels.astype(np.uint8).tobytes()))
+
+
+def test_idx_folder_with_limit_extract_fit_predict(elsewhere: Path, tmp_path: Path) -> None:
+    """MNIST-style idx files (real digits, written as Fashion-MNIST's files are) with
+    --limit, through extract, fit and predict; a damaged idx file is one error line."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.round(digits.images * 255 / 16)
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    _write_idx(folder, "train", pixels[:200], digits.target[:200])
+    _write_idx(folder, "test", pixels[200:300], digits.target[200:300])
+    store = one_path(run_cli("extract", str(folder), "--limit", "30", "-q").stdout)
+    with h5py.File(store) as codes:
+        assert sorted(codes["split"].asstr()[:]).count("train") == 30
+        assert len(set(codes["labels"][:])) == 10  # --limit takes every class in turn
+    run_cli("fit", str(store), "--cv", "2", "--out", "runs/idx", "-q")
+    frame = pd.read_csv(io.StringIO(run_cli("predict", "runs/idx", str(store)).stdout))
+    assert len(frame) == 60 and set(frame["split"]) == {"train", "test"}
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
+    assert "is damaged" in error_line(run_cli("extract", str(folder), code=2).stderr)
+
+
+@pytest.mark.slow
+def test_compare_on_a_csv_manifest_with_train_and_test(elsewhere: Path, tmp_path: Path) -> None:
+    """compare from a manifest (paths relative to it, a split column, no val) with the
+    validation carved out of train; stdout is one JSON table of four strategies."""
+    data = write_digits_folder(tmp_path / "imgs", per_class=10, classes=(0, 3, 8))
+    rows = [(p.relative_to(tmp_path).as_posix(), p.parent.name, p.parent.parent.name)
+            for p in sorted(data.rglob("*.png"))]
+    manifest = tmp_path / "split.csv"
+    pd.DataFrame(rows, columns=["path", "label", "split"]).to_csv(manifest, index=False)
+    result = run_cli("compare", str(manifest), "--epochs", "1", "--format", "json",
+                     "--layer", "blocks.5")
+    table = pd.DataFrame(json.loads(result.stdout))
+    assert [s.split()[0] for s in table["strategy"]] == ["1", "2", "3", "4"]
+    assert table["val_accuracy"].between(0, 1).all() and table["test_accuracy"].notna().all()
+    assert "held out of the training images" in result.stderr

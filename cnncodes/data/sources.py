@@ -602,11 +602,20 @@ def _open_builtin(spec: str) -> ImageSource:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    """An MNIST-style idx array (unsigned bytes), or one error line for a damaged file."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            data = handle.read()
+        if len(data) < 4 or data[:3] != b"\0\0\x08":
+            raise ValueError("no idx header of unsigned bytes")
+        ndim = data[3]
+        shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, EOFError, ValueError) as error:
+        raise CnnCodesError(
+            f"idx file {display_path(str(path))!r} is damaged ({first_line(error)}); download "
+            "it again."
+        ) from None
 
 
 def _open_idx(root: Path) -> ImageSource:
