@@ -13,6 +13,7 @@ from .options import (
     head_option,
     model_option,
     unfreeze_option,
+    validation_options,
     weights_option,
 )
 
@@ -48,13 +49,7 @@ from .options import (
 @click.option("--out", "-o", type=click.Path(), help="Run folder (default: cache/runs/<source>-<model>-strategy<N>-<time>).")
 @device_option
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on for CUDA).")
-@click.option("--val-fraction", default=0.2, show_default=True,
-              help="When SOURCE has no val split: share of each class's training images held "
-              "out for early stopping (the images 'cnncodes compare' holds out with the same "
-              "--seed).")
-@click.option("--seed", default=0, show_default=True,
-              help="Makes CPU runs repeatable; also picks the held-out validation images when "
-              "SOURCE has no val split.")
+@validation_options("the best epoch (early stopping)")
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True,
               help="Format of the result row printed on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr; only the result row.")

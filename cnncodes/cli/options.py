@@ -78,3 +78,24 @@ def unfreeze_option(function: F) -> F:
         help="Strategy 4: first layer that trains (node name, index as for --layer, or a "
         "module such as layer4 / blocks.5). Default: the last two layer groups.",
     )(function)
+
+
+def validation_options(chosen: str) -> Callable[[F], F]:
+    """``--val-fraction`` and ``--seed`` for commands that hold out validation images when
+    the source has no val split; ``chosen`` says what is chosen on them."""
+
+    def decorate(function: F) -> F:
+        function = click.option(
+            "--seed", default=0, show_default=True,
+            help="Makes runs repeatable; also picks the held-out validation images when "
+            "SOURCE has no val split.",
+        )(function)
+        return click.option(
+            "--val-fraction", default=0.2, show_default=True,
+            help=f"When SOURCE has no val split: share of each class's training images held "
+            f"out to choose {chosen}; seeded and stratified, the same images that 'compare' "
+            "and 'finetune' hold out. Test images are never used to choose.",
+        )(function)
+
+    return decorate
+

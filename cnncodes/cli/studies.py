@@ -14,6 +14,7 @@ from .options import (
     model_option,
     pool_option,
     unfreeze_option,
+    validation_options,
     weights_option,
 )
 
@@ -33,13 +34,7 @@ from .options import (
 @click.option("--limit", type=int, help="Only the first N images of each split.")
 @click.option("--out", "-o", type=click.Path(), help="Folder for runs, table and plot (default: cache/compare/<source>-<time>).")
 @device_option
-@click.option("--val-fraction", default=0.2, show_default=True,
-              help="When SOURCE has no val split: share of each class's training images held "
-              "out to choose on (C, the strategy-2 layer, the best epoch), the same images "
-              "for all four strategies. Test images are never used to choose.")
-@click.option("--seed", default=0, show_default=True,
-              help="Random state of every strategy; also picks the held-out validation images "
-              "when SOURCE has no val split.")
+@validation_options("C, the strategy-2 layer and the best epoch (one set for all four)")
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Only the table.")
 def compare(source: str, layers: tuple[str, ...], head: str | None, fmt: str, quiet: bool,
