@@ -421,3 +421,24 @@ def test_compare_on_a_csv_manifest_with_train_and_test(elsewhere: Path, tmp_path
     assert [s.split()[0] for s in table["strategy"]] == ["1", "2", "3", "4"]
     assert table["val_accuracy"].between(0, 1).all() and table["test_accuracy"].notna().all()
     assert "held out of the training images" in result.stderr
+
+
+def test_finetune_sweep_explain_models_layers_stdout_parses(elsewhere: Path, tmp_path: Path) -> None:
+    """The remaining commands' stdout, parsed as the data it claims to be."""
+    data = write_digits_folder(tmp_path / "d", per_class=4, classes=(2, 9))
+    tuned = run_cli("finetune", str(data), "--epochs", "1", "--format", "json",
+                    "--out", "runs/ft")
+    (row,) = json.loads(tuned.stdout)
+    assert row["pipeline"] == "finetune strategy 3" and 0 <= row["val_accuracy"] <= 1
+    store = one_path(run_cli("extract", str(data), "-q", "--layer", "-2",
+                             "--layer", "blocks.5").stdout)
+    swept = run_cli("sweep", str(store), "--cv", "2", "--format", "csv", "-q")
+    table = pd.read_csv(io.StringIO(swept.stdout))
+    assert len(table) == 2 and table["code_dim"].tolist() == [192, 1280]
+    image = next(data.rglob("*.png"))
+    pictures = run_cli("explain", "saliency", str(image), "--out", "pngs").stdout.split()
+    assert len(pictures) == 1 and Path(pictures[0]).is_file()
+    models = run_cli("models").stdout.splitlines()
+    assert models[0].split()[:2] == ["model", "family"] and any("efficientnet_lite0" in m for m in models)
+    layers = run_cli("layers", "efficientnet_lite0", "--weights", "none").stdout.splitlines()
+    assert layers[0].split()[:3] == ["index", "-index", "node"] and len(layers) > 100

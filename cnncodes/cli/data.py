@@ -29,7 +29,8 @@ def models() -> None:
         offline = "yes" if row.offline else "no (downloads on first use)"
         line = f"{row.name:<{width}}  {row.family:<11}  {row.default_weights:<32}  {offline}"
         click.echo(line + (f"  {row.note}" if row.note else ""))
-    click.echo("\nAlso: any timm model as timm:NAME; --weights path.pth for your own checkpoint.")
+    click.echo("Also: any timm model as timm:NAME; --weights path.pth for your own checkpoint.",
+               err=True)
 
 
 @click.command()

@@ -38,7 +38,7 @@ from ..nets.surgery import (
 )
 from ..paths import FINETUNE_FILE, default_runs_dir
 from ..progress import Progress, log
-from ..runtime import amp_dtype, resolve_device, tune_cpu_allocator
+from ..runtime import amp_dtype, resolve_device, setup_runtime
 from .trainer import (
     EpochRecord,
     ImageBank,
@@ -438,14 +438,9 @@ def _plan(config: FinetuneConfig, built: _Built) -> _Plan:
         learning_rates[name] = config.head_lr * config.lr_decay**depth
     trainable_by_group = {HEAD_GROUP: built.groups[-1].params, **built.body_trainable}
 
-    device = resolve_device(config.device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    amp = device.type == "cuda" if config.amp is None else config.amp
-    model = built.model
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    runtime = setup_runtime(config.device, config.amp)  # the same set-up as extraction
+    device, amp = runtime.device, runtime.precision != torch.float32
+    model = runtime.place(built.model)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     optimizer = build_optimizer(
