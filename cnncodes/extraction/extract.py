@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -235,6 +236,9 @@ def _check_some_encoded(writer: PartWriter, source: ImageSource) -> None:
             reasons += [r.decode() if isinstance(r, bytes) else str(r)
                         for r in part["skipped_reasons"][:3]]
     if encoded == 0:
+        # Nothing worth resuming: the parts hold only skips. Left behind, they would block
+        # the next run once the files are fixed (another source fingerprint, same --out).
+        shutil.rmtree(writer.folder, ignore_errors=True)
         first = f" (e.g. {reasons[0]})" if reasons else ""
         raise CnnCodesError(
             f"Source {str(source.root)!r}: none of its {len(source.items)} files could be "
