@@ -181,5 +181,15 @@ def test_bad_sources(tmp_path: Path) -> None:
     with pytest.raises(CnnCodesError, match="holds no readable images"):
         open_source(tmp_path / "empty")
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(CnnCodesError, match="is a file but not a .csv manifest"):
+    with pytest.raises(CnnCodesError, match="is a file but neither a .csv manifest nor an image"):
         open_source(tmp_path / "notes.txt")
+
+
+def test_one_image_file_is_an_unlabeled_source(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "data", per_class=1)
+    image = tmp_path / "data" / "cats" / "cats_0.jpg"
+    source = open_source(image)
+    assert [(it.path, it.label, it.skip_reason) for it in source.items] == [("cats_0.jpg", -1, "")]
+    assert source.read(source.items[0])[0].mode == "RGB" and source.name == "cats_0"
+    with pytest.raises(CnnCodesError, match="is one image; training needs labelled images"):
+        open_source(image, require_labels=True)  # training needs labels: not one image

@@ -202,6 +202,11 @@ def open_source(
     elif is_manifest and location.suffix.lower() in IMAGE_EXTENSIONS and not require_labels:
         source = _open_single(location)  # one image: predict on it
     elif is_manifest:
+        if location.suffix.lower() in IMAGE_EXTENSIONS:
+            raise CnnCodesError(
+                f"Source {shown!r} is one image; training needs labelled images: give a "
+                "folder of class folders or a CSV manifest with a label column."
+            )
         if location.suffix.lower() != ".csv":
             raise CnnCodesError(
                 f"Source {shown!r} is a file but neither a .csv manifest nor an image "
@@ -492,7 +497,9 @@ def _manifest_base(manifest: Path, root: str | os.PathLike[str] | None) -> Path:
 def _csv_records(rows: list[tuple[int, list[str]]], columns: list[str], shown: str,
                  require_labels: bool) -> list[tuple[int, str, str, str]]:
     """(line, path, label, split) of every non-blank manifest row, checked."""
-    index = {name: columns.index(name) for name in ("path", "label", "split") if name in columns}
+    index: dict[str, int] = {
+        name: columns.index(name) for name in ("path", "label", "split") if name in columns
+    }
 
     def cell(row: list[str], name: str) -> str:
         column = index.get(name)

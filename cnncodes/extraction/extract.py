@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..data.decode import MAX_PIXELS
 from ..data.sources import ImageDataset, ImageSource, collate_items, open_source
 from ..data.store import CodeStore, PartWriter, assemble_store
 from ..errors import CnnCodesError
@@ -153,9 +154,10 @@ def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractRe
 
 def _plan(config: ExtractConfig) -> _Plan:
     """List the source, load the backbone, resolve layers and device, name the store."""
-    source_options = {k: v for k, v in (("root", config.root), ("max_pixels", config.max_pixels))
-                      if v is not None}
-    source = open_source(config.source, limit=config.limit, **source_options)
+    source = open_source(
+        config.source, limit=config.limit, root=config.root,
+        max_pixels=config.max_pixels if config.max_pixels is not None else MAX_PIXELS,
+    )
     if config.out:
         check_output_path(config.out)
     backbone = load_backbone(config.model, config.weights)
@@ -321,7 +323,7 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
             if batch["images"] is not None:
                 with runtime.autocast():
                     outputs = extractor(runtime.images(batch["images"]))
-                codes = {name: outputs[name].float().cpu().numpy() for name in extractor.layers}
+                codes = {name: outputs[name].float().cpu().numpy() for name in plan.layers}
             parts.add(batch["positions"], codes, batch["skipped"])
             n_skipped += len(batch["skipped"])
             bar.update(len(batch["positions"]) + len(batch["skipped"]))

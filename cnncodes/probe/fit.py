@@ -15,7 +15,7 @@ import importlib.util
 import os
 import platform
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -283,7 +283,7 @@ def _log(config: FitConfig, message: str) -> None:
     log("fit", message, enabled=config.progress)
 
 
-def _fit_space_to_folds(space: dict[str, list[Any]], smallest: int) -> dict[str, list[Any]]:
+def _fit_space_to_folds(space: dict[str, Any], smallest: int) -> dict[str, Sequence[Any]]:
     """Drop neighbour counts (``*n_neighbors``) above the smallest training fold: k-NN
     cannot ask for more neighbours than it has samples. None left: the fold size itself."""
     fitted = {}
