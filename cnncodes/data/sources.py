@@ -202,17 +202,7 @@ def open_source(
     elif is_manifest and location.suffix.lower() in IMAGE_EXTENSIONS and not require_labels:
         source = _open_single(location)  # one image: predict on it
     elif is_manifest:
-        if location.suffix.lower() in IMAGE_EXTENSIONS:
-            raise CnnCodesError(
-                f"Source {shown!r} is one image; training needs labelled images: give a "
-                "folder of class folders or a CSV manifest with a label column."
-            )
-        if location.suffix.lower() != ".csv":
-            raise CnnCodesError(
-                f"Source {shown!r} is a file but neither a .csv manifest nor an image "
-                f"({', '.join(IMAGE_EXTENSIONS)}); give an image, a folder of images or a "
-                "CSV with columns path,label[,split]."
-            )
+        _check_manifest_name(location, shown)
         source = _open_csv(location, _manifest_base(location, root), require_labels)
     elif all((location / name).exists() for name in IDX_FILES["train"]):
         source = _open_idx(location)
@@ -586,6 +576,21 @@ def _open_csv(manifest: Path, base: Path, require_labels: bool) -> ImageSource:
     return ImageSource(
         manifest.resolve(), "csv", items, names, fingerprint, has_split, base=base, warnings=warnings
     )
+
+
+def _check_manifest_name(location: Path, shown: str) -> None:
+    """A file given as a training source must be a .csv manifest."""
+    if location.suffix.lower() in IMAGE_EXTENSIONS:
+        raise CnnCodesError(
+            f"Source {shown!r} is one image; training needs labelled images: give a "
+            "folder of class folders or a CSV manifest with a label column."
+        )
+    if location.suffix.lower() != ".csv":
+        raise CnnCodesError(
+            f"Source {shown!r} is a file but neither a .csv manifest nor an image "
+            f"({', '.join(IMAGE_EXTENSIONS)}); give an image, a folder of images or a "
+            "CSV with columns path,label[,split]."
+        )
 
 
 def _open_single(image: Path) -> ImageSource:
