@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import CnnCodesError
 
-__all__ = ["CACHE_KINDS", "FINETUNE_FILE", "cache_root", "check_output_path", "default_cache_dir",
+__all__ = ["CACHE_KINDS", "FINETUNE_FILE", "PREDICTIONS_FILE", "cache_root", "check_output_path", "default_cache_dir",
            "default_dir", "default_runs_dir", "exclusive", "safe_name"]
 
 # Pseudo file systems: writing a store or a run there is never what a user meant.
@@ -21,6 +21,10 @@ SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
 
 FINETUNE_FILE = "finetune.json"
 """The metadata file that marks a fine-tuning run folder (``cnncodes finetune``)."""
+
+PREDICTIONS_FILE = "predictions.csv"
+"""A run's held-out predictions (``path``, ``split``, ``label``, ``predicted``): what
+``cnncodes report --per-class --confusion`` reads, for fitted and fine-tuned runs alike."""
 
 
 CACHE_KINDS = ("stores", "runs", "compare", "sweeps", "explain")

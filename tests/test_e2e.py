@@ -434,6 +434,11 @@ def test_finetune_sweep_explain_models_layers_stdout_parses(elsewhere: Path, tmp
                     "--out", "runs/ft")
     (row,) = json.loads(tuned.stdout)
     assert row["pipeline"] == "finetune strategy 3" and 0 <= row["val_accuracy"] <= 1
+    assert 0 <= row["macro_f1"] <= 1  # from the held-out predictions on test
+    per_class = json.loads(run_cli("report", "runs/ft", "--per-class", "--confusion",
+                                   "--format", "json").stdout)
+    assert [r["class"] for r in per_class["per_class"]] == ["2", "9"]
+    assert sum(r["support"] for r in per_class["per_class"]) == 8  # the test digits
     store = one_path(run_cli("extract", str(data), "-q", "--layer", "-2",
                              "--layer", "blocks.5").stdout)
     swept = run_cli("sweep", str(store), "--cv", "2", "--format", "csv", "-q")

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
+from ..data.decode import display_path
 from ..data.sources import ImageDataset, ImageSource, collate_items, open_source
 from ..data.splits import carve_validation, split_positions, validation_record
 from ..errors import CnnCodesError
@@ -36,7 +37,7 @@ from ..nets.surgery import (
     layer_groups,
     unfrozen_groups,
 )
-from ..paths import FINETUNE_FILE, default_runs_dir
+from ..paths import FINETUNE_FILE, PREDICTIONS_FILE, default_runs_dir
 from ..progress import Progress, log
 from ..runtime import amp_dtype, resolve_device, setup_runtime
 from .trainer import (
@@ -390,9 +391,10 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
     batches = _batches(config, built, plan, images)
     training = _train(config, built, plan, batches, run_dir)
     test_accuracy = _evaluate_best(built, plan, images, training.checkpoint)
+    scores = _write_predictions(built, plan, images, run_dir)
     result = _result(config, built, plan, images, training, test_accuracy,
                      run_dir=run_dir, started=started)
-    _save_run(config, built, plan, images, result)
+    _save_run(config, built, plan, images, result, scores)
     return result
 
 
@@ -581,6 +583,37 @@ def _evaluate_best(built: _Built, plan: _Plan, images: _Images, checkpoint: Path
     return test_accuracy
 
 
+def _write_predictions(built: _Built, plan: _Plan, images: _Images, run_dir: Path
+                       ) -> dict[str, float]:
+    """The best model's predictions on val and test into ``predictions.csv`` (what
+    ``cnncodes report --per-class --confusion`` reads); per-class scores on test, else val."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    classes, items, rows = built.source.classes, built.source.items, []
+    for split in ("val", "test"):
+        bank = images.banks.get(split)
+        if bank is None or not images.splits.get(split):
+            continue
+        positions = [p for p in images.splits[split] if p in bank.images]
+        _, _, probabilities = evaluate(
+            built.model, images.loader(split, images.eval_transform, False),
+            device=plan.device, amp=plan.amp,
+        )
+        predicted = probabilities.argmax(1).tolist() if len(positions) else []
+        rows += [{"path": display_path(items[p].path), "split": split,
+                  "label": classes[items[p].label], "predicted": classes[k]}
+                  for p, k in zip(positions, predicted, strict=True)]
+    frame = pd.DataFrame(rows, columns=["path", "split", "label", "predicted"])
+    frame.to_csv(run_dir / PREDICTIONS_FILE, index=False)
+    scored = frame[frame["split"] == ("test" if (frame["split"] == "test").any() else "val")]
+    if scored.empty:
+        return {}
+    return {
+        "mean_per_class_accuracy": float(balanced_accuracy_score(scored["label"], scored["predicted"])),
+        "macro_f1": float(f1_score(scored["label"], scored["predicted"], average="macro")),
+    }
+
+
 def _result(
     config: FinetuneConfig, built: _Built, plan: _Plan, images: _Images, training: _Training,
     test_accuracy: float | None, *, run_dir: Path, started: float,
@@ -610,6 +643,7 @@ def _result(
 
 def _save_run(
     config: FinetuneConfig, built: _Built, plan: _Plan, images: _Images, result: FinetuneResult,
+    scores: dict[str, float],
 ) -> None:
     """Write ``curves.png`` and ``finetune.json`` (config, model, head, result, report row)."""
     backbone, sizes, run_dir = built.backbone, images.sizes, result.run_dir
@@ -650,6 +684,7 @@ def _save_run(
             "params": result.trained, "selected_on": "val", "n_train": sizes["train"],
             "train_accuracy": result.train_accuracy, "val_accuracy": result.val_accuracy,
             "test_accuracy": result.test_accuracy, "fit_seconds": round(result.seconds, 3),
+            **{key: round(value, 4) for key, value in scores.items()},
         },
     })
 

@@ -35,13 +35,13 @@ from sklearn.svm import SVC, LinearSVC
 
 from ..data.store import CodeStore
 from ..errors import CnnCodesError
+from ..paths import PREDICTIONS_FILE
 
 __all__ = ["FittedModel", "load_model", "save_model", "MODEL_FILE", "METADATA_FILE",
            "PREDICTIONS_FILE", "FORMAT_VERSION", "ALLOWED_TYPES", "untrusted_types"]
 
 MODEL_FILE = "model.skops"
 METADATA_FILE = "metadata.json"
-PREDICTIONS_FILE = "predictions.csv"
 FORMAT_VERSION = 2  # of a run folder; runs before it have no format_version
 
 # The code-store attributes that must match between training and scoring codes.
