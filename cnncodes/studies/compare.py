@@ -278,7 +278,8 @@ def _finetune_strategies(
     rows: list[dict[str, Any]] = []
     runs: dict[int, FinetuneResult] = {}
     for strategy in (3, 4):
-        _log(config, f"strategy {strategy}: fine-tuning ({config.epochs} epochs at most)")
+        _log(config, f"strategy {strategy}: fine-tuning (at most {config.epochs} epoch"
+             f"{'s' if config.epochs != 1 else ''})")
         settings = FinetuneConfig(
             source=config.source, strategy=strategy, model=config.model, weights=config.weights,
             unfreeze_from=config.unfreeze_from if strategy == 4 else None,
