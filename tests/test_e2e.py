@@ -451,3 +451,13 @@ def test_finetune_sweep_explain_models_layers_stdout_parses(elsewhere: Path, tmp
     assert models[0].split()[:2] == ["model", "family"] and any("efficientnet_lite0" in m for m in models)
     layers = run_cli("layers", "efficientnet_lite0", "--weights", "none").stdout.splitlines()
     assert layers[0].split()[:3] == ["index", "-index", "node"] and len(layers) > 100
+
+
+def test_a_closed_stdout_pipe_is_quiet(tmp_path: Path) -> None:
+    """``cnncodes layers ... | head -1``: the reader leaves early; no error, no traceback."""
+    done = subprocess.run(
+        f"{sys.executable} -m cnncodes.cli layers efficientnet_lite0 --weights none | head -1",
+        shell=True, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert done.stdout.startswith(" index") and len(done.stdout.splitlines()) == 1
+    assert "Error" not in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from typing import Any
 
@@ -19,6 +21,12 @@ class CnnCodesGroup(click.Group):
         except CnnCodesError as error:
             click.echo(f"Error: {error}", err=True)
             sys.exit(2)
+        except BrokenPipeError:
+            # The reader of stdout left (``cnncodes predict ... | head``): stop quietly, as
+            # Unix tools do; Python would otherwise complain again when it flushes stdout.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except OSError as error:
             # Disk full, permissions, a vanished folder: one line; finished parts are kept.
             where = f": {error.filename}" if getattr(error, "filename", None) else ""
