@@ -88,6 +88,7 @@ def test_counts_stay_integers_and_json_is_plain() -> None:
     import io
     import json
 
+    import numpy as np
     import pandas as pd
 
     from cnncodes.studies.report import format_table
@@ -101,3 +102,5 @@ def test_counts_stay_integers_and_json_is_plain() -> None:
     assert records == [{"run": "a/b", "code_dim": 1280, "test_accuracy": 1.0},
                        {"run": "c", "code_dim": None, "test_accuracy": 0.5}]
     assert "a/b" in format_table(frame, "json")  # no "a\/b" escaping
+    scores = pd.DataFrame({"proba": np.array([0.0177250001], dtype=np.float32)})
+    assert json.loads(format_table(scores, "json", digits=6)) == [{"proba": 0.017725}]

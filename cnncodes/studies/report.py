@@ -123,6 +123,9 @@ def format_table(frame: pd.DataFrame, fmt: str = "md", *, digits: int = 4) -> st
     """
     if fmt not in FORMATS:
         raise CnnCodesError(f"Unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    # float32 scores (model probabilities) rounded in float64, so JSON prints 0.017725,
+    # not float32's nearest neighbour 0.01772500015795231.
+    frame = frame.astype({c: "float64" for c in frame.select_dtypes("float32").columns})
     frame = _whole_numbers(frame.round(digits))
     if fmt == "md":
         return frame.to_markdown(index=False, floatfmt=f".{digits}f", missingval="")
