@@ -120,6 +120,7 @@ class _Plan:
     key: str
     out: Path
     notes: list[str]
+    node_names: list[str]
 
 
 def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractResult:
@@ -161,7 +162,8 @@ def _plan(config: ExtractConfig) -> _Plan:
     if config.out:
         check_output_path(config.out)
     backbone = load_backbone(config.model, config.weights)
-    layers = resolve_layers(backbone, config.layers)
+    names = node_names(backbone)  # traced once: layer specs here, the store's index below
+    layers = resolve_layers(backbone, config.layers, names)
     runtime = setup_runtime(config.device, config.amp)
     extractor = CodeExtractor(backbone, layers, config.pool)
     dims = _code_dims(extractor, backbone)
@@ -186,9 +188,10 @@ def _plan(config: ExtractConfig) -> _Plan:
     out = Path(config.out) if config.out else (
         default_cache_dir() / f"{safe_name(source.name)}-{safe_name(backbone.name)}-{key}.h5"
     )
-    check_output_path(out)
+    if not config.out:  # an explicit --out was checked above, before the model loaded
+        check_output_path(out)
     return _Plan(source, backbone, layers, runtime, extractor, dims, key_parts, key, out,
-                 notes + list(source.warnings))
+                 notes + list(source.warnings), names)
 
 
 def _extract_into_store(config: ExtractConfig, plan: _Plan) -> ExtractResult:
@@ -200,7 +203,7 @@ def _extract_into_store(config: ExtractConfig, plan: _Plan) -> ExtractResult:
     started = time.perf_counter()
     if todo:
         _run(config, plan, writer, todo)
-    names = node_names(plan.backbone)
+    names = plan.node_names
     attrs = {
         "cnncodes_version": __version__,
         "torch_version": torch.__version__,

@@ -115,11 +115,15 @@ def resolve_layer(backbone: Backbone, spec: int | str, names: Sequence[str] | No
     )
 
 
-def resolve_layers(backbone: Backbone, specs: Sequence[int | str]) -> list[str]:
-    """Resolve several specs, keeping order and dropping repeats of the same node."""
+def resolve_layers(backbone: Backbone, specs: Sequence[int | str],
+                   names: Sequence[str] | None = None) -> list[str]:
+    """Resolve several specs, keeping order and dropping repeats of the same node.
+
+    ``names`` is :func:`node_names` of the backbone when the caller already traced it.
+    """
     if not specs:
         raise CnnCodesError("No layer given; pass at least one, e.g. --layer -2.")
-    names = node_names(backbone)
+    names = list(names) if names is not None else node_names(backbone)
     resolved: list[str] = []
     for spec in specs:
         name = resolve_layer(backbone, spec, names)
