@@ -21,7 +21,9 @@ from cnncodes.nets.layers import (
 
 
 @pytest.mark.parametrize(
-    ("model", "dim"), [("resnet18", 512), ("alexnet", 4096), ("vgg16", 4096), ("efficientnet_lite0", 1280)]
+    ("model", "dim"),
+    [("resnet18", 512), ("alexnet", 4096), ("vgg16", 4096), ("efficientnet_lite0", 1280),
+     ("efficientnet_lite1", 1280), ("efficientnet_lite2", 1280)],
 )
 def test_penultimate_code_sizes(model: str, dim: int) -> None:
     backbone = load_backbone(model, "none")

@@ -26,7 +26,7 @@ def models() -> None:
     width = max(len(r.name) for r in rows)
     click.echo(f"{'model':<{width}}  {'family':<11}  {'default weights':<32}  offline")
     for row in rows:
-        offline = "yes" if row.offline else "no (downloads on first use)"
+        offline = "yes" if row.offline else f"no ({row.missing})"
         line = f"{row.name:<{width}}  {row.family:<11}  {row.default_weights:<32}  {offline}"
         click.echo(line + (f"  {row.note}" if row.note else ""))
     click.echo("Also: any timm model as timm:NAME; --weights path.pth for your own checkpoint.",

