@@ -89,15 +89,23 @@ class Runtime:
     Attributes:
         device: the torch device.
         precision: ``torch.float32``, or the autocast dtype when mixed precision is on.
+        memory_format: ``auto`` (channels-last on CUDA), ``channels_last`` or ``contiguous``.
     """
 
     device: torch.device
     precision: torch.dtype
+    memory_format: str = "auto"
 
     @property
     def channels_last(self) -> bool:
-        """Convolutions run faster channels-last on CUDA; on a CPU it does not pay."""
-        return self.device.type == "cuda"
+        """Channels-last memory: ``memory_format`` ``channels_last``, or ``auto`` on CUDA.
+
+        Extraction chooses it on CPUs too (:mod:`cnncodes.extraction.execution`);
+        training on a CPU keeps the contiguous layout.
+        """
+        if self.memory_format == "auto":
+            return self.device.type == "cuda"
+        return self.memory_format == "channels_last"
 
     @property
     def precision_name(self) -> str:

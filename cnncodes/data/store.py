@@ -622,6 +622,7 @@ class CodeStore:
         summary: dict[str, Any] = {key: attrs.get(key, "") for key in (
             "backbone", "weights", "weights_sha256", "pooling", "preprocessing", "source",
             "source_kind", "source_fingerprint", "precision", "cnncodes_version", "created",
+            "execution",
         )}
         summary["layers"] = [
             {"name": name, "spec": self.spec_of(name), "rows": len(self), "dim": self.dim(name)}

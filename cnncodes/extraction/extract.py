@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..nets.layers import LARGE_CODE_DIM, CodeExtractor, check_pool, node_names,
 from ..paths import check_output_path, default_cache_dir, exclusive, safe_name
 from ..progress import Progress, log
 from ..runtime import Runtime, setup_runtime
+from .execution import Execution, default_workers, lower_priority, plan_execution, reuse_execution
 
 __all__ = ["ExtractConfig", "ExtractResult", "default_workers", "extract"]
 
@@ -41,10 +42,12 @@ class ExtractConfig:
         layers: layer specs: node names or indices into the eval node list.
         pool: ``avg``, ``max``, ``avgmax`` or ``none`` for spatial maps.
         out: store path; default ``<cache_dir>/<source>-<model>-<key>.h5``.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (default: per device, see
+            :mod:`cnncodes.extraction.execution`).
         workers: DataLoader decoding processes (default: see :func:`default_workers`).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
-        amp: mixed precision; default on for CUDA, off on CPU.
+        amp: mixed precision (bfloat16 autocast on CPUs and recent GPUs, float16 on older
+            GPUs); default on for CUDA, off on CPU. Codes are stored as float32 either way.
         limit: first N images of each split only.
         root: folder that relative paths of a CSV manifest start from (default: the
             manifest's own folder).
@@ -60,7 +63,7 @@ class ExtractConfig:
     layers: tuple[int | str, ...] = (-2,)
     pool: str = "avg"
     out: str | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     workers: int | None = None
     device: str = "auto"
     amp: bool | None = None
@@ -73,7 +76,7 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         check_pool(self.pool)
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise CnnCodesError(f"batch_size must be at least 1; got {self.batch_size!r}.")
         if self.part_size < 1:
             raise CnnCodesError(f"part_size must be at least 1; got {self.part_size!r}.")
@@ -201,8 +204,12 @@ def _extract_into_store(config: ExtractConfig, plan: _Plan) -> ExtractResult:
     resumed_from = writer.done_until()
     todo = range(resumed_from, len(plan.source.items))
     started = time.perf_counter()
+    explicit = {key for key in ("batch_size", "workers") if getattr(config, key) is not None}
+    execution = reuse_execution(writer.folder, plan_execution(
+        plan.runtime.device, batch_size=config.batch_size, workers=config.workers,
+    ), explicit=explicit)
     if todo:
-        _run(config, plan, writer, todo)
+        _run(config, plan, writer, todo, execution)
     names = plan.node_names
     attrs = {
         "cnncodes_version": __version__,
@@ -216,6 +223,7 @@ def _extract_into_store(config: ExtractConfig, plan: _Plan) -> ExtractResult:
         "source": str(plan.source.root),
         "source_kind": plan.source.kind,
         "device": str(plan.runtime.device),
+        "execution": execution.as_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _check_some_encoded(writer, plan.source)
@@ -261,18 +269,6 @@ def _empty_class_notes(store: CodeStore) -> list[str]:
     ]
 
 
-def default_workers(device: torch.device) -> int:
-    """Decoding processes: as many as spare cores on GPU; on CPU only beyond two cores.
-
-    On a CPU the forward pass already keeps every core busy; measured on 2 cores, decoding
-    in the main process (0 workers) beat 1 and 2 workers by 15-20 % (bench/results/).
-    """
-    cores = os.cpu_count() or 1
-    if device.type == "cuda":
-        return min(8, max(1, cores - 1))
-    return 0 if cores <= 2 else min(4, cores // 2)
-
-
 def _code_dims(extractor: CodeExtractor, backbone: Backbone) -> dict[str, int]:
     size = backbone.input_size
     with torch.inference_mode():
@@ -302,16 +298,20 @@ def _cache_hit(out: Path, key: str, *, overwrite: bool, explicit: bool) -> Extra
     return None
 
 
-def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[int]) -> None:
-    source, runtime, dims = plan.source, plan.runtime, plan.dims
-    workers = config.workers if config.workers is not None else default_workers(runtime.device)
+def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[int],
+         execution: Execution) -> None:
+    source, dims = plan.source, plan.dims
+    memory = "channels_last" if execution.channels_last else "contiguous"
+    runtime = replace(plan.runtime, memory_format=memory)
+    workers = execution.workers
     loader = torch.utils.data.DataLoader(
         ImageDataset(source, todo, plan.backbone.transform),
-        batch_size=config.batch_size,
+        batch_size=execution.batch_size,
         num_workers=workers,
         collate_fn=collate_items,
         pin_memory=runtime.device.type == "cuda",
         prefetch_factor=4 if workers else None,
+        worker_init_fn=partial(lower_priority, execution.worker_nice) if workers else None,
     )
     extractor = runtime.place(plan.extractor)
     parts = _PartBuffer(writer, dims, len(source.items), config.part_size, todo[0])

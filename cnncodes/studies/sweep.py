@@ -172,7 +172,7 @@ class SweepConfig:
     weights: str = "DEFAULT"
     pool: str = "avg"
     limit: int | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     workers: int | None = None
     device: str = "auto"
     store: str | None = None
