@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from .errors import CnnCodesError
+from .progress import log
 
-__all__ = ["Runtime", "amp_dtype", "resolve_device", "setup_runtime", "tune_cpu_allocator"]
+__all__ = ["Runtime", "amp_dtype", "cpu_has_native_bf16", "resolve_device", "setup_runtime", "tune_cpu_allocator"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -141,4 +142,15 @@ def setup_runtime(device: str = "auto", amp: bool | None = None) -> Runtime:
     use_amp = chosen.type == "cuda" if amp is None else amp
     if chosen.type == "cpu":
         tune_cpu_allocator()
+        if use_amp and not cpu_has_native_bf16():
+            log("runtime", "this CPU has no native bfloat16 (no AVX512-BF16 or AMX): --amp "
+                "runs emulated and may be slower than float32 here")
     return Runtime(chosen, amp_dtype(chosen) if use_amp else torch.float32)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
