@@ -17,11 +17,14 @@ bench/results/ladder.md. Torchvision models are left out: their weights cannot b
 downloaded here, and random weights say nothing about transfer.
 
 Run: python bench/ladder.py [--fashion-limit 1000] [--models efficientnet_lite0 ...]
+     [--work DIR [--only speed|accuracy]]: with --work, measurements are kept in
+     DIR/rows.json and --only re-measures one part (stores in DIR are reused).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -113,16 +116,20 @@ def speed(model: str, work: Path, small: int, repeats: int) -> dict[str, Any]:
 
 
 def fashion(model: str, work: Path, limit: int) -> dict[str, Any]:
-    started = time.perf_counter()
-    result = extract(source=str(FASHION_MNIST), model=model, limit=limit, progress=False,
-                     out=str(work / f"{model}-fashion.h5"), overwrite=True)
-    seconds = time.perf_counter() - started
-    probe = probe_accuracy(result.path, "test")
-    probe["rate"] = result.n_images / seconds
-    return probe
+    """Probe accuracy on Fashion-MNIST codes; a store already in ``work`` is reused."""
+    path = work / f"{model}-fashion.h5"
+    if not path.exists():
+        extract(source=str(FASHION_MNIST), model=model, limit=limit, progress=False,
+                out=str(path))
+    with CodeStore(path) as store:
+        attrs, n = store.attrs, len(store)
+    assert attrs["backbone"] == model and n == 2 * limit, f"{path}: {attrs['backbone']}, {n}"
+    return probe_accuracy(path, "test")
 
 
-def fmt_acc(row: dict[str, Any]) -> str:
+def fmt_acc(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "not measured yet"
     return (f"{100 * row['accuracy']:.1f} [{100 * row['low']:.1f}, {100 * row['high']:.1f}] "
             f"(n={row['n']})")
 
@@ -139,13 +146,13 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, meta: dict[str,
     for row in rows:
         lines.append(
             f"| {row['model']} | {row['size']} | {row['hym']['dim']} | {row['speed']['whole']:.1f} "
-            f"| {row['speed']['marginal']:.1f} | {row['speed']['cpu_ms']:.0f} | {fmt_acc(row['hym'])} | {fmt_acc(row['fmn'])} |"
+            f"| {row['speed']['marginal']:.1f} | {row['speed']['cpu_ms']:.0f} | {fmt_acc(row.get('hym'))} | {fmt_acc(row.get('fmn'))} |"
         )
     lines += [
         "",
         f"- Speed: `cnncodes extract hymenoptera_data --model M` in a fresh process on all "
         f"{rows[0]['speed']['n']} readable images (train + val; the GIF placeholder is skipped), "
-        f"best of {args.repeats}; *whole* = images / wall seconds of the command (start-up, "
+        f"best of {rows[0]['speed'].get('repeats', args.repeats)}; *whole* = images / wall seconds of the command (start-up, "
         f"model load and trace included); *marginal* = (images of the full run - images of a "
         f"`--limit {args.small}` run) / (extra seconds), which leaves fixed costs out. Fixed "
         "cost per command (s): " + ", ".join(
@@ -155,19 +162,32 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, meta: dict[str,
         "- Probe: the shipped `logreg` pipeline (StandardScaler + LogisticRegression, lbfgs) on "
         "layer -2 (global_pool.flatten), C chosen by 5-fold stratified CV on the training split "
         "only (the evaluation split is never used for selection). Selected C: " + ", ".join(
-            f"{r['model']} hym {r['hym']['C']:.3g} / fmn {r['fmn']['C']:.3g}" for r in rows) + ".",
+            f"{r['model']} hym {r['hym']['C']:.3g} / fmn {r['fmn']['C']:.3g}"
+            for r in rows if "fmn" in r) + ".",
         f"- hymenoptera: train {rows[0]['hym']['n_train']} -> val {rows[0]['hym']['n']}. "
         f"Fashion-MNIST: first {args.fashion_limit} train -> first {args.fashion_limit} test "
         "images (`cnncodes.extract(source='/usr/share/datasets/fashion-mnist', "
         f"limit={args.fashion_limit})`), 28x28 grey upscaled by each model's own preprocessing.",
         "- Intervals: 95 % Wilson score intervals; one hymenoptera val image is 0.65 points.",
         f"- Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, no GPU; load average "
-        f"{meta['load_before']:.1f} before, {meta['load_after']:.1f} after (other jobs shared "
-        f"the cores, so rates are lower bounds). Whole bench: {meta['minutes']:.1f} minutes.",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, no GPU; 1-minute load "
+        "average before/after each model's speed runs: " + ", ".join(
+            "{} {:.1f}/{:.1f}".format(r["model"], *r["speed"].get("load", (np.nan, np.nan)))
+            for r in rows)
+        + " (other jobs shared the cores, so rates are lower bounds). "
+        f"This run ({args.only or 'speed and accuracy'}): {meta['minutes']:.1f} minutes.",
+        *(f"- {note}" for note in args.note),
         "",
     ]
     return "\n".join(lines)
+
+
+def hymenoptera_store(model: str, work: Path) -> Path:
+    """The full hymenoptera store of the speed runs, or the same extraction when absent."""
+    path = work / f"{model}-hym.h5"
+    if not path.exists():
+        extract(source=str(HYMENOPTERA), model=model, out=str(path), progress=False)
+    return path
 
 
 def main() -> None:
@@ -179,25 +199,44 @@ def main() -> None:
                         help="--limit of the short run the marginal rate subtracts")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--work", default=None, help="folder for stores (default: a temp dir)")
+    parser.add_argument("--only", choices=("speed", "accuracy", "render"), default=None,
+                        help="measure one part again (the other comes from WORK/rows.json), "
+                        "or only write the table from it")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line for the notes under the table (repeatable)")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="ladder-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ["CNNCODES_CACHE"] = str(work / "cache")  # part files here; no outside cache hit
+    saved = work / "rows.json"
+    old = {r["model"]: r for r in json.loads(saved.read_text())} if saved.exists() else {}
+    rows = [old.get(m, {"model": m, "size": LITE_VARIANTS[m].input_size})
+            for m in LITE_VARIANTS if m in args.models or m in old]
     meta: dict[str, Any] = {"load_before": os.getloadavg()[0]}
     started = time.perf_counter()
+    if args.only not in ("accuracy", "render"):
+        for row in (r for r in rows if r["model"] in args.models):  # close in time
+            load = os.getloadavg()[0]
+            row["speed"] = speed(row["model"], work, args.small, args.repeats)
+            row["speed"].update(repeats=args.repeats, load=(load, os.getloadavg()[0]))
+            print(f"{row['model']}: speed {row['speed']}", file=sys.stderr, flush=True)
+            saved.write_text(json.dumps(rows, indent=1))
+    if args.only not in ("speed", "render"):
+        for row in (r for r in rows if r["model"] in args.models):
+            row["hym"] = probe_accuracy(hymenoptera_store(row["model"], work), "val")
+            row["fmn"] = fashion(row["model"], work, args.fashion_limit)
+            print(f"{row['model']}: {row['hym']} {row['fmn']}", file=sys.stderr, flush=True)
+            saved.write_text(json.dumps(rows, indent=1))
+    meta["minutes"] = (time.perf_counter() - started) / 60
+    meta["load_after"] = os.getloadavg()[0]
+    if not all("speed" in row and "fmn" in row for row in rows):
+        print(f"Measurements kept in {saved}; the rest: --only accuracy/speed --models ...")
+        if args.only != "render":
+            return
+    text = render(rows, args, meta)
+    print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rows = [{"model": m, "size": LITE_VARIANTS[m].input_size} for m in args.models]
-    for row in rows:  # all speeds first, close together in time, under similar load
-        row["speed"] = speed(row["model"], work, args.small, args.repeats)
-        print(f"{row['model']}: speed {row['speed']}", file=sys.stderr, flush=True)
-    for done, row in enumerate(rows, 1):
-        row["hym"] = probe_accuracy(work / f"{row['model']}-hym.h5", "val")
-        row["fmn"] = fashion(row["model"], work, args.fashion_limit)
-        print(f"{row['model']}: {row['hym']} {row['fmn']}", file=sys.stderr, flush=True)
-        meta["minutes"] = (time.perf_counter() - started) / 60
-        meta["load_after"] = os.getloadavg()[0]
-        (RESULTS / "ladder.md").write_text(render(rows[:done], args, meta), encoding="utf-8")
-    print(render(rows, args, meta))
+    (RESULTS / "ladder.md").write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -236,7 +236,10 @@ def lite_weights_path(variant: LiteVariant) -> Path | None:
     The package is located with importlib and never imported: its file name comes from
     :data:`LITE_VARIANTS`, not from code in the package.
     """
-    spec = importlib.util.find_spec(variant.module)
+    try:
+        spec = importlib.util.find_spec(variant.module)
+    except (ImportError, ValueError):  # a broken install, or a module without a spec
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0]) / "models" / variant.file
