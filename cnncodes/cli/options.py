@@ -27,8 +27,8 @@ def model_option(function: F) -> F:
 
     return click.option(
         "--model", "-m", default=DEFAULT_MODEL, show_default=True,
-        help="Backbone: efficientnet_lite0 (offline), a torchvision model name, or timm:NAME. "
-        "See 'cnncodes models'.",
+        help="Backbone: efficientnet_lite0 (offline), efficientnet_lite1 or _lite2 (offline "
+        "with the [ladder] extra), a torchvision model name, or timm:NAME. See 'cnncodes models'.",
     )(function)
 
 
