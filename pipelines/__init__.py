@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = ["LINEAR_PROBE_C", "NAMES"]
 
-NAMES = ("logreg", "linear_svm", "rbf_svm", "mlp", "knn")
+NAMES = ("logreg", "torch_logreg", "linear_svm", "rbf_svm", "mlp", "knn")
 
 # Linear-probe studies tune C over 1e-6..1e5; the best value moves by orders of magnitude
 # between data sets, so the grid is wide and log-spaced (two values per decade). Shared by

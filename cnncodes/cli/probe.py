@@ -16,8 +16,8 @@ from .options import (
 @click.command()
 @click.argument("store", type=click.Path())
 @click.option("--clf", "-c", default="logreg", show_default=True,
-              help="Pipeline: logreg, linear_svm, rbf_svm, mlp, knn, or a path to your own "
-              ".py file defining build(**params) and search_space.")
+              help="Pipeline: logreg, torch_logreg, linear_svm, rbf_svm, mlp, knn, or a path to "
+              "your own .py file defining build(**params) and search_space.")
 @click.option("--layer", "-l", default=None,
               help="Store layer: node name or the spec used at extraction (-2); default the first.")
 @click.option("--cv", default=5, show_default=True,
@@ -27,6 +27,11 @@ from .options import (
 @click.option("--refit-on", type=click.Choice(["train", "train+val"]), default="train",
               show_default=True, help="Rows the final model is fitted on after selection.")
 @click.option("--seed", default=0, show_default=True, help="Random state of folds and estimators.")
+@click.option("--device", default=None,
+              help="Where torch_logreg and linear_svm fit: auto (CUDA when present), cpu, cuda, "
+              "cuda:N  [default: auto].")
+@click.option("--jobs", "n_jobs", type=click.IntRange(min=1), default=None,
+              help="CV folds fitted side by side, sharing the cores  [default: cores and folds].")
 @click.option("--out", "-o", type=click.Path(), help="Run folder (default: cache/runs/<store>-<clf>-<layer>).")
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True,
               help="Format of the result row printed on stdout.")

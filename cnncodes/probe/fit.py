@@ -92,8 +92,8 @@ class FitConfig:
     """Everything that decides what :func:`fit_pipeline` trains and where it saves it.
 
     Attributes:
-        clf: a pipeline name (``logreg``, ``linear_svm``, ``rbf_svm``, ``mlp``, ``knn``) or
-            a path to a ``.py`` file with ``build`` and ``search_space``.
+        clf: a pipeline name (``logreg``, ``torch_logreg``, ``linear_svm``, ``rbf_svm``,
+            ``mlp``, ``knn``) or a path to a ``.py`` file with ``build`` and ``search_space``.
         layer: store layer (node name or the spec as typed); None = the first.
         cv: folds of stratified CV when the store has no ``val`` split.
         pca: insert PCA to this many components before the classifier.
@@ -105,6 +105,11 @@ class FitConfig:
         val_paths: training rows to hold out as the validation set (the store's
             ``file_paths``: relative to the source, as its listing names them), for a store
             without a val split; None: the store's val split, or cross-validation without one.
+        device: where torch-fitted classifiers (``torch_logreg``, ``linear_svm``) run:
+            ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``; None: the
+            pipeline's own setting (``auto`` for the shipped ones).
+        n_jobs: CV folds fitted side by side; None: as many as cores and folds allow
+            (each with its share of the cores' threads).
     """
 
     clf: str = "logreg"
@@ -117,6 +122,8 @@ class FitConfig:
     seed: int = 0
     progress: bool = True
     val_paths: tuple[str, ...] | None = None
+    device: str | None = None
+    n_jobs: int | None = None
 
     def __post_init__(self) -> None:
         if self.val_paths is not None:
@@ -134,6 +141,10 @@ class FitConfig:
             raise CnnCodesError(f"cv must be an integer of at least 2 folds; got {self.cv!r}.")
         if self.pca is not None and (not isinstance(self.pca, int) or self.pca < 1):
             raise CnnCodesError(f"pca must be a positive number of components; got {self.pca!r}.")
+        if self.n_jobs is not None and (not isinstance(self.n_jobs, int) or self.n_jobs < 1):
+            raise CnnCodesError(
+                f"n_jobs must be a positive number of parallel folds, or None; got {self.n_jobs!r}."
+            )
 
 
 @dataclass
@@ -161,10 +172,13 @@ class FitResult:
     search: SearchResult = field(repr=False)
 
 
-def _seeded(pipeline: Pipeline, seed: int) -> Pipeline:
-    """Give every unset ``random_state`` the run's seed, so that a run can be repeated."""
+def _seeded(pipeline: Pipeline, seed: int, device: str | None) -> Pipeline:
+    """Give every unset ``random_state`` the run's seed, so that a run can be repeated,
+    and every step's ``device`` the one asked for."""
     params = pipeline.get_params()
     unset = {k: seed for k, v in params.items() if k.endswith("random_state") and v is None}
+    if device is not None:
+        unset.update({k: device for k in params if k.endswith("__device")})
     return pipeline.set_params(**unset)
 
 
@@ -184,7 +198,8 @@ def _build(module: ModuleType, config: FitConfig, params: dict[str, Any]) -> Pip
             f"build() of pipeline {config.clf!r} returned {type(pipeline).__name__}, not a "
             "sklearn.pipeline.Pipeline; wrap the estimator with make_pipeline(...)."
         )
-    return _seeded(_with_steps(pipeline, config.pca, config.l2norm, config.seed), config.seed)
+    return _seeded(_with_steps(pipeline, config.pca, config.l2norm, config.seed), config.seed,
+                   config.device)
 
 
 def _short(params: dict[str, Any]) -> str:
@@ -254,6 +269,8 @@ def fit_pipeline(
     seed: int = 0,
     progress: bool = True,
     val_paths: Collection[str] | None = None,
+    device: str | None = None,
+    n_jobs: int | None = None,
 ) -> FitResult:
     """Train, tune, evaluate and save a pipeline on one layer of a code store.
 
@@ -262,6 +279,7 @@ def fit_pipeline(
         clf, layer, cv, pca, l2norm, out, refit_on, seed, progress: see :class:`FitConfig`.
         val_paths: training rows (by path) held out to select on, for a store without a
             val split (see :func:`cnncodes.data.splits.carve_validation`).
+        device, n_jobs: see :class:`FitConfig`.
 
     Returns:
         The run folder, chosen hyper-parameters, metrics and report row.
@@ -272,7 +290,7 @@ def fit_pipeline(
             rows of a store without val.
     """
     config = FitConfig(clf, layer, cv, pca, l2norm, out, refit_on, seed, progress,
-                       None if val_paths is None else tuple(val_paths))
+                       None if val_paths is None else tuple(val_paths), device, n_jobs)
     if isinstance(store, CodeStore):
         return _fit(store, config)
     with CodeStore(store) as opened:
@@ -318,6 +336,10 @@ def _hold_out(store: CodeStore, rows: dict[str, np.ndarray], val_paths: tuple[st
 def _fit(store: CodeStore, config: FitConfig) -> FitResult:
     started = time.perf_counter()
     module = load_pipeline_module(config.clf)
+    if config.device is not None:
+        from ..runtime import resolve_device
+
+        resolve_device(config.device)  # an unknown or absent device fails before any work
     layer = store.resolve(config.layer)
     dim = store.dim(layer)
     y = store.labels
@@ -351,7 +373,8 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
          f"{'val' if selection == 'val' else f'{config.cv}-fold CV'} over "
          f"{int(np.prod([len(v) for v in space.values()])) if space else 1} candidates")
     found = search_pipeline(
-        pipeline, space, X[search_rows], y[search_rows], folds, path_parameter=path_parameter
+        pipeline, space, X[search_rows], y[search_rows], folds, path_parameter=path_parameter,
+        n_jobs=config.n_jobs,
     )
     _log(config, f"best {_short(found.best_params) or 'defaults'}: {found.best_score:.4f} "
          f"({len(found.candidates)} evaluated in {found.seconds:.1f}s)")

@@ -36,6 +36,7 @@ from sklearn.svm import SVC, LinearSVC
 from ..data.store import CodeStore
 from ..errors import CnnCodesError
 from ..paths import PREDICTIONS_FILE
+from .linear import LinearProbe
 
 __all__ = ["FittedModel", "load_model", "save_model", "MODEL_FILE", "METADATA_FILE",
            "PREDICTIONS_FILE", "FORMAT_VERSION", "ALLOWED_TYPES", "untrusted_types"]
@@ -68,13 +69,14 @@ _NUMPY_SCALARS = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.
                   np.uint32, np.uint64, np.float16, np.float32, np.float64)
 
 # Every (skops node kind -> full type names) that `cnncodes fit` writes for the shipped
-# pipelines (logreg, linear_svm, rbf_svm, mlp, knn, with --pca and --l2norm): found by
+# pipelines (logreg, torch_logreg, linear_svm, rbf_svm, mlp, knn, with --pca and --l2norm): found by
 # fitting each and listing the types in its skops file. Function, method, partial and
 # constructor-call nodes are never needed, so none is allowed.
 ALLOWED_TYPES: dict[str, frozenset[str]] = {
     "ObjectNode": frozenset(_type_name(t) for t in (
         Pipeline, StandardScaler, Normalizer, PCA, LogisticRegression, LinearSVC, SVC,
-        MLPClassifier, KNeighborsClassifier, KDTree, LabelBinarizer, *_internal_types(),
+        MLPClassifier, KNeighborsClassifier, KDTree, LabelBinarizer, LinearProbe,
+        *_internal_types(),
     )),
     "NdArrayNode": frozenset([_type_name(np.ndarray), *map(_type_name, _NUMPY_SCALARS)]),
     "RandomStateNode": frozenset([_type_name(np.random.RandomState)]),
