@@ -10,7 +10,7 @@ On >= 4,000 real photos (the hymenoptera JPEGs, hard-linked under distinct names
 3. whole ``cnncodes extract`` processes on all images and on a handful; the *marginal*
    rate (images between the two runs over the time between them) leaves out start-up and
    model load, which are printed beside it; variants: the default execution, one niced
-   decoding worker, and ``--amp`` (bfloat16);
+   decoding worker, and ``--amp`` (bfloat16) where the CPU has native bfloat16;
 4. peak memory (RSS of the process and its children) on a quarter of the images and on
    all of them.
 
@@ -37,7 +37,7 @@ import torch
 from cnncodes.data.decode import decoder_name
 from cnncodes.nets.backbones import load_backbone
 from cnncodes.nets.layers import CodeExtractor, resolve_layers
-from cnncodes.runtime import tune_cpu_allocator
+from cnncodes.runtime import cpu_has_native_bf16, tune_cpu_allocator
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -89,7 +89,9 @@ def forward_grid(model: str, folder: Path, batches: list[int]) -> pd.DataFrame:
         memory = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         module = extractor.to(memory_format=memory)
         for precision in ("float32", "bfloat16"):
-            for batch in batches:
+            # Emulated bfloat16 (no AVX512-BF16 or AMX) runs at a few img/s: one batch size.
+            native = cpu_has_native_bf16() or precision == "float32"
+            for batch in batches if native else [8]:
                 x = images[:batch].contiguous(memory_format=memory)
                 rate = _forward_rate(module, x, precision == "bfloat16")
                 rows.append({"layout": layout, "precision": precision, "batch": batch,
@@ -141,8 +143,9 @@ def extract_rows(folder: Path, n: int, model: str, work: Path) -> tuple[pd.DataF
     variants = {
         "default": [],
         "1 niced decoding worker": ["--workers", "1"],
-        "--amp (bfloat16)": ["--amp"],
     }
+    if cpu_has_native_bf16():  # elsewhere --amp falls back to float32 on a CPU
+        variants["--amp (bfloat16)"] = ["--amp"]
     rows, rss = [], {}
     for name, extra in variants.items():
         extra = ["--model", model, *extra]
@@ -197,11 +200,13 @@ def write_report(model: str, n: int, grid: pd.DataFrame, naive: float, runs: pd.
          "floor": None},
     ]).round(3)
     pivot = grid.pivot_table(index="batch", columns=["layout", "precision"], values="img/s")
+    pivot.columns = [f"{layout} {precision}" for layout, precision in pivot.columns]
+    native = "native" if cpu_has_native_bf16() else "emulated (no AVX512-BF16 or AMX)"
     text = "\n\n".join([
         f"# Extraction at the machine's limit: {model}, --layer -2",
         f"{n} real JPEGs (hymenoptera, hard-linked); {platform.machine()}, {os.cpu_count()} "
         f"cores, torch {torch.__version__}, {torch.get_num_threads()} threads, decoder "
-        f"{decoder_name()}; {time.strftime('%Y-%m-%d')}.",
+        f"{decoder_name()}; bfloat16 {native}; {time.strftime('%Y-%m-%d')}.",
         f"Default execution chosen by cnncodes here: `{json.dumps(execution)}`.",
         "## Bare forward pass (img/s, real preprocessed images, same-shape warm-up)",
         pivot.to_markdown(),

@@ -143,8 +143,14 @@ def setup_runtime(device: str = "auto", amp: bool | None = None) -> Runtime:
     if chosen.type == "cpu":
         tune_cpu_allocator()
         if use_amp and not cpu_has_native_bf16():
-            log("runtime", "this CPU has no native bfloat16 (no AVX512-BF16 or AMX): --amp "
-                "runs emulated and may be slower than float32 here")
+            if os.environ.get("CNNCODES_CPU_BF16") == "1":
+                log("runtime", "bfloat16 emulated on a CPU without native bfloat16 "
+                    "(CNNCODES_CPU_BF16=1): many times slower than float32")
+            else:
+                use_amp = False
+                log("runtime", "--amp ignored: this CPU has no native bfloat16 (AVX512-BF16 "
+                    "or AMX), where emulated bfloat16 ran 23x slower than float32 "
+                    "(bench/results/extract_limit.md); running float32")
     return Runtime(chosen, amp_dtype(chosen) if use_amp else torch.float32)
 
 

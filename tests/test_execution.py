@@ -108,7 +108,12 @@ def test_resumed_run_reuses_the_recorded_execution(hymenoptera: Path, tmp_path: 
 
 
 def test_bfloat16_on_cpu_stores_float32_codes_close_to_fp32(hymenoptera: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
                                                              reference_codes) -> None:
+    from cnncodes.runtime import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        monkeypatch.setenv("CNNCODES_CPU_BF16", "1")  # emulated: slow, but it runs here
     out = tmp_path / "bf16.h5"
     extract(source=str(hymenoptera), limit=LIMIT, out=str(out), device="cpu", amp=True,
             progress=False)
@@ -122,3 +127,16 @@ def test_bfloat16_on_cpu_stores_float32_codes_close_to_fp32(hymenoptera: Path, t
         reference, axis=1)
     assert cosine.min() > 0.98, cosine.min()
     assert not np.array_equal(codes, reference)  # bf16 really ran
+
+
+def test_amp_without_native_bfloat16_runs_float32_and_says_so(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cnncodes import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.delenv("CNNCODES_CPU_BF16", raising=False)
+    chosen = runtime.setup_runtime("cpu", amp=True)
+    assert chosen.precision == torch.float32
+    assert "--amp ignored: this CPU has no native bfloat16" in capsys.readouterr().err
+    monkeypatch.setenv("CNNCODES_CPU_BF16", "1")
+    assert runtime.setup_runtime("cpu", amp=True).precision == torch.bfloat16
