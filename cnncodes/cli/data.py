@@ -62,7 +62,7 @@ def layers(model: str, weights: str, pool: str) -> None:
 @layer_option
 @pool_option
 @click.option("--out", "-o", type=click.Path(), help="Store path (default: cache/stores/<source>-<model>-<key>.h5, under $CNNCODES_CACHE).")
-@click.option("--batch-size", "-b", type=int, help="Images per forward pass (default: 8 on a CPU, 64 on CUDA; measured in bench/).")
+@click.option("--batch-size", "-b", type=int, help="Images per forward pass (default: 8 on a CPU, 32 on CUDA; measured in bench/).")
 @click.option("--workers", "-j", type=int, help="Decoding processes (default: spare cores on GPU; 0 on a CPU of 2 cores).")
 @device_option
 @click.option("--amp/--no-amp", default=None, help="Mixed precision: bfloat16 autocast on a CPU or a recent GPU, float16 on an older GPU; codes are stored as float32 (default: on for CUDA, off on CPU).")

@@ -63,7 +63,7 @@ def fit(store: str, quiet: bool, fmt: str, **options: Any) -> None:
               help="Also write the predictions to this CSV file.")
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="csv", show_default=True,
               help="Format of the predictions printed on stdout.")
-@click.option("--batch-size", "-b", default=32, show_default=True, help="Images per forward pass.")
+@click.option("--batch-size", "-b", type=int, help="Images per forward pass (default: 8 on a CPU, 32 on CUDA).")
 @device_option
 @click.option("--trust", "trusted", multiple=True,
               help="A type name in the model file to load although it is not one of the "

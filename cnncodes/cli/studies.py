@@ -84,7 +84,7 @@ def compare(source: str, layers: tuple[str, ...], head: str | None, fmt: str, qu
 @click.option("--out", "-o", type=click.Path(),
               help="Folder for sweep.csv/.md/.png and the runs (default: cache/sweeps/<store>-<clf>).")
 @click.option("--store", type=click.Path(), help="Code store path (default: the extraction cache).")
-@click.option("--batch-size", "-b", type=int, help="Images per forward pass (default: 8 on a CPU, 64 on CUDA; measured in bench/).")
+@click.option("--batch-size", "-b", type=int, help="Images per forward pass (default: 8 on a CPU, 32 on CUDA; measured in bench/).")
 @click.option("--workers", "-j", type=int, help="Decoding processes (default: spare cores on GPU; 0 on a CPU of 2 cores).")
 @device_option
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)

@@ -11,7 +11,7 @@ Defaults per device, from ``bench/extract_limit.py`` (results in bench/results/)
   batch; on a CPU the largest batch is not the fastest, as activations fall out of cache.
   Decoding runs in the main process on two cores or fewer, where the forward pass needs
   both, and in worker processes at lowered priority beyond that.
-- CUDA: channels-last, larger batches, decoding workers on the spare cores.
+- CUDA: channels-last at batch 32, decoding workers on the spare cores.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..progress import log
 __all__ = ["Execution", "lower_priority", "plan_execution", "reuse_execution"]
 
 CPU_BATCH = 8
-CUDA_BATCH = 64
+CUDA_BATCH = 32  # measured on an H100 (bench/results/extract_gpu.md); not re-tuned since
 WORKER_NICE = 10
 """Niceness added to decoding workers on a CPU run: they use what the forward leaves."""
 

@@ -28,7 +28,7 @@ def predict(
     source_or_store: str | os.PathLike[str],
     out_csv: str | os.PathLike[str] | None = None,
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     device: str = "auto",
     progress: bool = True,
     trusted: Sequence[str] = (),
@@ -46,7 +46,7 @@ def predict(
         model_run: a run folder written by ``fit_pipeline`` (or by fine-tuning).
         source_or_store: an image folder, CSV manifest or idx folder, or a code store.
         out_csv: also write the table here.
-        batch_size: images per forward pass when extracting.
+        batch_size: images per forward pass when extracting (default: per device).
         device: ``auto``, ``cpu``, ``cuda``, ... for extraction.
         progress: show the extraction progress bar.
         trusted: further type names the run's ``model.skops`` may hold, for a run made
@@ -101,7 +101,7 @@ def _displayable(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _extract_like(model: FittedModel, source: Path, out: Path, batch_size: int, device: str,
+def _extract_like(model: FittedModel, source: Path, out: Path, batch_size: int | None, device: str,
                   progress: bool) -> Path:
     from ..extraction.extract import extract
 
