@@ -5,7 +5,8 @@ and N test images), codes are extracted twice, once per precision, and the same
 ``fit --clf logreg`` runs on each. Prints speed (whole extraction), code agreement
 (cosine to the float32 codes) and probe accuracy per precision with n and a 95 % Wilson
 interval, plus the paired count of test images that only one precision got right.
-Writes bench/results/precision.md. Run: python bench/precision.py [--fashion 1000]
+Writes bench/results/precision.md. Run: python bench/precision.py [--fashion 1000]; on a
+CPU without native bfloat16, ``--amp`` falls back to float32 unless CNNCODES_CPU_BF16=1.
 """
 
 from __future__ import annotations
@@ -81,14 +82,15 @@ def compare(name: str, source: str, limit: int | None, work: Path) -> list[dict]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fashion", type=int, default=1000, help="images per split")
+    parser.add_argument("--fashion", type=int, default=1000,
+                        help="Fashion-MNIST images per split (0: leave it out)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if HYMENOPTERA.is_dir():
             rows += compare("hymenoptera", str(HYMENOPTERA), None, work)
-        if FASHION.is_dir():
+        if FASHION.is_dir() and args.fashion > 0:
             rows += compare(f"Fashion-MNIST ({args.fashion}/split)", str(FASHION), args.fashion,
                             work)
     table = pd.DataFrame(rows).to_markdown(index=False)
