@@ -49,12 +49,14 @@ for torchvision models, so it cannot be left out.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -193,6 +195,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--out", default=str(RESULTS), help="markdown file to write")
     args = parser.parse_args()
+    if args.repeats < 1 or args.images < 1:
+        parser.error("--repeats and --images must be at least 1")
+    # A SIGTERM (or a closed terminal) ends through SystemExit, so the temporary folder
+    # of links, weights and outputs is removed as on a normal exit.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _end_on_signal)
 
     cnncodes = args.cnncodes or shutil.which("cnncodes", path=str(Path(sys.executable).parent))
     cnncodes = cnncodes or shutil.which("cnncodes")
@@ -262,21 +270,28 @@ def main() -> None:
                                                 args.timeout)
                 status = (f"{seconds:.1f} s, CPU {cpu:.1f} s, load before {load:.1f}"
                           if error is None else f"FAILED: {error}")
-                print(f"[round {round_ + 1}] {contender.name}: {status}", file=sys.stderr)
+                with contextlib.suppress(OSError):  # a full disk or closed stderr: go on
+                    print(f"[round {round_ + 1}] {contender.name}: {status}", file=sys.stderr)
                 if error is not None:
                     contender.failures.append(error)
-                    continue
-                contender.seconds.append(seconds)
-                contender.cpu.append(cpu)
-                contender.load.append(load)
-                if contender.codes is None:
-                    contender.codes, contender.paths = read_codes(out)
+                else:
+                    contender.seconds.append(seconds)
+                    contender.cpu.append(cpu)
+                    contender.load.append(load)
+                    if contender.codes is None:
+                        contender.codes, contender.paths = read_codes(out)
                 out.unlink(missing_ok=True)
-
-        text = report(contenders, args, folder, sources)
+                # Written after every run, so that a bench cut short keeps what it measured.
+                text = report(contenders, args, folder, sources, rounds=round_ + 1)
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(text + "\n")
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+
+
+def _end_on_signal(number: int, frame: object) -> None:
+    print(f"bench/peers.py: ended by signal {number}; the results file holds the runs "
+          "finished so far", file=sys.stderr)
+    sys.exit(128 + number)
 
 
 # --- setting up ----------------------------------------------------------------------------
@@ -440,6 +455,19 @@ def why_different(path: Path) -> str:
     return ", ".join(reasons) or f"{size[0]}x{size[1]} {fmt}: no known decoding difference"
 
 
+def checkout() -> str:
+    """The commit of this checkout, and whether cnncodes/ differs from it."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--",
+                                "cnncodes"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    return f"commit {commit}" + (" with uncommitted changes in cnncodes/" if dirty else "")
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -451,15 +479,16 @@ def cpu_model() -> str:
 
 
 def report(contenders: list[Contender], args: argparse.Namespace, folder: Path,
-           sources: dict[str, Path]) -> str:
+           sources: dict[str, Path], rounds: int) -> str:
     n = len(sources)
     reference = next((c for c in contenders if c.name == "cnncodes" and c.seconds), None)
     best_cnncodes = min(reference.seconds) if reference else None
     rows, notes = [], []
     for c in contenders:
         if not c.seconds:
-            rows.append(f"| {c.name} | {c.version} | {n} | failed | | | | | | "
-                        f"{c.failures[-1] if c.failures else 'not run'} |")
+            state = "failed" if c.failures else "not run (yet)"
+            rows.append(f"| {c.name} | {c.version} | {n} | {state} | | | | | | "
+                        f"{c.failures[-1] if c.failures else ''} |")
             continue
         best = min(c.seconds)
         best_cpu = c.cpu[c.seconds.index(best)]
@@ -498,11 +527,13 @@ def report(contenders: list[Contender], args: argparse.Namespace, folder: Path,
         f"Batch {args.batch_size}, CPU, torch's default threads, same environment for all; "
         f"each contender a separate process timed from start to exit (interpreter start, "
         f"imports, model load, listing, decoding, forward, writing codes to a file); "
-        f"{args.repeats} interleaved runs each, best counts (all runs in brackets).",
+        f"up to {rounds} interleaved run(s) each"
+        + (f" (of {args.repeats} asked for)" if rounds < args.repeats else "")
+        + ", best counts (all runs in brackets).",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} "
         f"{platform.release()}, Python {platform.python_version()}. "
-        f"Date: {datetime.date.today().isoformat()}.",
+        f"Date: {datetime.date.today().isoformat()}. cnncodes: {checkout()}.",
         "",
         "| contender | version | images | seconds, best (runs) | img/s | CPU s of best run "
         "| cnncodes speed-up | max abs diff vs cnncodes | min cosine | notes |",
