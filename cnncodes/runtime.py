@@ -124,10 +124,11 @@ class Runtime:
         return module.to(memory_format=torch.channels_last) if self.channels_last else module
 
     def images(self, batch: torch.Tensor) -> torch.Tensor:
-        """Move a batch of images to the device (channels-last on CUDA)."""
+        """Move a batch of images to the device, in the memory format of the model."""
         batch = batch.to(self.device, non_blocking=True)
-        if self.channels_last and batch.dim() == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        if batch.dim() == 4:
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            batch = batch.contiguous(memory_format=layout)
         return batch
 
 

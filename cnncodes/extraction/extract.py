@@ -18,6 +18,7 @@ import torch
 
 from .._version import __version__
 from ..data.decode import MAX_PIXELS
+from ..data.preprocess import split_preprocessing
 from ..data.sources import ImageDataset, ImageSource, collate_items, open_source
 from ..data.store import CodeStore, PartWriter, assemble_store
 from ..errors import CnnCodesError
@@ -304,8 +305,9 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
     memory = "channels_last" if execution.channels_last else "contiguous"
     runtime = replace(plan.runtime, memory_format=memory)
     workers = execution.workers
+    preprocessing = split_preprocessing(plan.backbone.transform)
     loader = torch.utils.data.DataLoader(
-        ImageDataset(source, todo, plan.backbone.transform),
+        ImageDataset(source, todo, preprocessing.image),
         batch_size=execution.batch_size,
         num_workers=workers,
         collate_fn=collate_items,
@@ -324,8 +326,9 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
         for batch in loader:
             codes: dict[str, np.ndarray] = {}
             if batch["images"] is not None:
+                pixels = batch["images"].to(runtime.device, non_blocking=True)
                 with runtime.autocast():
-                    outputs = extractor(runtime.images(batch["images"]))
+                    outputs = extractor(runtime.images(preprocessing.batch(pixels)))
                 codes = {name: outputs[name].float().cpu().numpy() for name in plan.layers}
             parts.add(batch["positions"], codes, batch["skipped"])
             n_skipped += len(batch["skipped"])
