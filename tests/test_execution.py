@@ -140,3 +140,21 @@ def test_amp_without_native_bfloat16_runs_float32_and_says_so(
     assert "--amp ignored: this CPU has no native bfloat16" in capsys.readouterr().err
     monkeypatch.setenv("CNNCODES_CPU_BF16", "1")
     assert runtime.setup_runtime("cpu", amp=True).precision == torch.bfloat16
+
+
+@pytest.mark.parametrize(("preset", "expected"), [
+    ({}, "PASSIVE"),  # the default: waiting OpenMP threads sleep
+    ({"OMP_WAIT_POLICY": "active"}, "active"),  # a user's own choice wins
+    ({"GOMP_SPINCOUNT": "1000"}, None),  # so does any other wait setting
+])
+def test_openmp_waits_sleep_unless_the_user_chose(preset: dict[str, str], expected) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+                                                           "KMP_BLOCKTIME")}
+    code = "import os, cnncodes; print(os.environ.get('OMP_WAIT_POLICY'))"
+    shown = subprocess.run([sys.executable, "-c", code], env={**env, **preset}, check=True,
+                           capture_output=True, text=True).stdout.strip()
+    assert shown == str(expected)
