@@ -247,7 +247,7 @@ def test_disk_full_mid_run_is_one_line_and_resumes(elsewhere: Path, tmp_path: Pa
     assert not Path("d.h5").exists() and len(list(Path("d.h5.parts").glob("part-*.h5"))) == 1
     monkeypatch.setattr(PartWriter, "write", real_write)
     again = run_cli("extract", str(data), "--out", "d.h5", "--part-size", "3", "-b", "3")
-    assert "resumed at image 3" in again.stderr
+    assert "resumed with 3 images already done" in again.stderr
     with h5py.File(one_path(again.stdout)) as store:
         assert len(store["labels"]) == 8
 

@@ -84,15 +84,22 @@ def extract(source: str, layers: tuple[str, ...], quiet: bool, **options: Any) -
     sklearn:digits (1,797 real 8x8 digits shipped with scikit-learn). The same command
     twice is a cache hit; a killed run resumes where it stopped. stdout carries only the
     store's path; the summary and every skipped file go to stderr.
+
+    \b
+    Sharded over N processes or GPUs (one store, as one process would write it):
+      torchrun --nproc-per-node N -m cnncodes extract SOURCE ...
     """
     from ..extraction.extract import ExtractConfig
     from ..extraction.extract import extract as run_extract
+    from ..extraction.shards import shard_from_env
 
     config = ExtractConfig(source=source, layers=tuple(layers), progress=not quiet, **options)
     result = run_extract(config)
+    if shard_from_env().rank != 0:  # under torchrun, rank 0 speaks for the job
+        return
     status = "cache hit (no model run)" if result.cached else (
         f"{result.n_images} images in {result.seconds:.1f}s ({result.images_per_second:.1f} img/s)"
-        + (f", resumed at image {result.resumed_from}" if result.resumed_from else "")
+        + (f", resumed with {result.resumed_from} images already done" if result.resumed_from else "")
     )
     if not quiet:
         click.echo(f"{result.path}: {status}", err=True)

@@ -19,7 +19,8 @@ class CnnCodesGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CnnCodesError as error:
-            click.echo(f"Error: {error}", err=True)
+            if getattr(error, "reporter", True):  # a torchrun job's failure: said by rank 0
+                click.echo(f"Error: {error}", err=True)
             sys.exit(2)
         except BrokenPipeError:
             # The reader of stdout left (``cnncodes predict ... | head``): stop quietly, as

@@ -190,7 +190,7 @@ class PartWriter:
                     "delete it or choose another --out."
                 )
         else:
-            temporary = manifest_path.with_suffix(".tmp")
+            temporary = manifest_path.with_suffix(f".{os.getpid()}.tmp")  # ranks race here
             temporary.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
             os.replace(temporary, manifest_path)
 
@@ -202,15 +202,6 @@ class PartWriter:
             if match:  # anything else in the folder is not ours
                 found.append((int(match[1]), int(match[2]), path))
         return sorted(found)
-
-    def done_until(self) -> int:
-        """Positions below this are covered by contiguous finished parts."""
-        end = 0
-        for start, stop, _ in self.parts():
-            if start != end:
-                break
-            end = stop
-        return end
 
     def write(
         self,
@@ -307,6 +298,11 @@ def assemble_store(
             raise CnnCodesError(
                 f"Folder {str(writer.folder)!r} holds parts that overlap; delete it and run "
                 "the same cnncodes extract again."
+            )
+        if total + len(skipped) != len(items):
+            raise CnnCodesError(
+                f"Folder {str(writer.folder)!r} holds parts for {total + len(skipped)} of "
+                f"{len(items)} images; run the same cnncodes extract again to encode the rest."
             )
         order: list[int] = positions.tolist()
         _create(store, "labels", np.array([items[p].label for p in order], dtype=np.int64))

@@ -49,6 +49,7 @@ class Execution:
         worker_nice: niceness added to each decoding worker.
         decoder: the JPEG decoder (``pil`` or ``simplejpeg X.Y``).
         threads: torch intra-op threads of the forward pass.
+        ranks: extraction processes on this node (torchrun's ``--nproc-per-node``).
     """
 
     batch_size: int
@@ -57,30 +58,34 @@ class Execution:
     worker_nice: int
     decoder: str
     threads: int
+    ranks: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def default_workers(device: torch.device) -> int:
-    """Decoding processes: as many as spare cores on GPU; on CPU only beyond two cores."""
-    cores = os.cpu_count() or 1
+def default_workers(device: torch.device, ranks: int = 1) -> int:
+    """Decoding processes of one of ``ranks`` extraction processes on this node: as many as
+    its spare cores on GPU; on CPU only beyond two cores."""
+    cores = max(1, (os.cpu_count() or 1) // ranks)
     if device.type == "cuda":
         return min(8, max(1, cores - 1))
     return 0 if cores <= 2 else min(4, cores // 2)
 
 
 def plan_execution(device: torch.device, *, batch_size: int | None = None,
-                   workers: int | None = None) -> Execution:
-    """The default execution on ``device``; explicit ``batch_size`` / ``workers`` win."""
+                   workers: int | None = None, ranks: int = 1) -> Execution:
+    """The default execution on ``device`` for one of ``ranks`` processes on this node;
+    explicit ``batch_size`` / ``workers`` win."""
     cuda = device.type == "cuda"
     return Execution(
         batch_size=batch_size or (CUDA_BATCH if cuda else CPU_BATCH),
         channels_last=True,
-        workers=default_workers(device) if workers is None else workers,
+        workers=default_workers(device, ranks) if workers is None else workers,
         worker_nice=0 if cuda else WORKER_NICE,
         decoder=decoder_name(),
         threads=torch.get_num_threads(),
+        ranks=ranks,
     )
 
 
@@ -98,12 +103,13 @@ def reuse_execution(folder: Path, planned: Execution, *, explicit: set[str]) -> 
         recorded = None
     if recorded is not None:
         keep = {key: getattr(planned, key) for key in explicit}
-        # The decoder and thread count are what this process has, not a choice to replay.
-        chosen = replace(recorded, decoder=planned.decoder, threads=planned.threads, **keep)
+        # The decoder, threads and ranks are what this run has, not a choice to replay.
+        chosen = replace(recorded, decoder=planned.decoder, threads=planned.threads,
+                         ranks=planned.ranks, **keep)
         if chosen != recorded:
             log("extract", f"resuming with {_differences(recorded, chosen)}")
     folder.mkdir(parents=True, exist_ok=True)
-    temporary = record.with_suffix(".tmp")
+    temporary = record.with_suffix(f".{os.getpid()}.tmp")  # ranks write it side by side
     temporary.write_text(json.dumps(chosen.as_dict(), indent=1), encoding="utf-8")
     os.replace(temporary, record)
     return chosen

@@ -7,7 +7,7 @@ import json
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -17,17 +17,26 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..data.decode import MAX_PIXELS
+from ..data.decode import MAX_PIXELS, first_line
 from ..data.preprocess import split_preprocessing
 from ..data.sources import ImageDataset, ImageSource, collate_items, open_source
 from ..data.store import CodeStore, PartWriter, assemble_store
-from ..errors import CnnCodesError
+from ..errors import CnnCodesError, RankFailure
 from ..nets.backbones import DEFAULT_MODEL, Backbone, load_backbone
 from ..nets.layers import LARGE_CODE_DIM, CodeExtractor, check_pool, node_names, resolve_layers
 from ..paths import check_output_path, default_cache_dir, exclusive, safe_name
 from ..progress import Progress, log
 from ..runtime import Runtime, setup_runtime
 from .execution import Execution, default_workers, lower_priority, plan_execution, reuse_execution
+from .shards import (
+    Shard,
+    gather_errors,
+    missing_ranges,
+    owned_parts,
+    process_group,
+    shard_from_env,
+    thread_budget,
+)
 
 __all__ = ["ExtractConfig", "ExtractResult", "default_workers", "extract"]
 
@@ -145,19 +154,27 @@ def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractRe
     elif options:
         raise TypeError("Pass either an ExtractConfig or keyword options, not both.")
     started = time.perf_counter()
-    plan = _plan(config)
+    shard = shard_from_env()
+    plan = _plan(config, shard)
+    if shard.distributed:  # torchrun coordinates the ranks; no lock between them
+        return _cached_or_extracted(config, plan, shard, started)
     waiting = f"another cnncodes run is writing {plan.out}; waiting for it to finish"
     with exclusive(plan.out, on_wait=lambda: log("extract", waiting)):
-        hit = _cache_hit(plan.out, plan.key, overwrite=config.overwrite,
-                         explicit=config.out is not None)
-        if hit is not None:
-            hit.seconds = time.perf_counter() - started
-            hit.warnings = plan.notes
-            return hit
-        return _extract_into_store(config, plan)
+        return _cached_or_extracted(config, plan, shard, started)
 
 
-def _plan(config: ExtractConfig) -> _Plan:
+def _cached_or_extracted(config: ExtractConfig, plan: _Plan, shard: Shard,
+                         started: float) -> ExtractResult:
+    hit = _cache_hit(plan.out, plan.key, overwrite=config.overwrite,
+                     explicit=config.out is not None)
+    if hit is not None:
+        hit.seconds = time.perf_counter() - started
+        hit.warnings = plan.notes
+        return hit
+    return _extract_into_store(config, plan, shard)
+
+
+def _plan(config: ExtractConfig, shard: Shard) -> _Plan:
     """List the source, load the backbone, resolve layers and device, name the store."""
     source = open_source(
         config.source, limit=config.limit, root=config.root,
@@ -169,6 +186,8 @@ def _plan(config: ExtractConfig) -> _Plan:
     names = node_names(backbone)  # traced once: layer specs here, the store's index below
     layers = resolve_layers(backbone, config.layers, names)
     runtime = setup_runtime(config.device, config.amp)
+    if shard.distributed:
+        runtime = _rank_runtime(runtime, shard)
     extractor = CodeExtractor(backbone, layers, config.pool)
     dims = _code_dims(extractor, backbone)
     notes = [
@@ -198,19 +217,67 @@ def _plan(config: ExtractConfig) -> _Plan:
                  notes + list(source.warnings), names)
 
 
-def _extract_into_store(config: ExtractConfig, plan: _Plan) -> ExtractResult:
-    """Run the model over every image not yet in a finished part, then join the parts."""
+def _rank_runtime(runtime: Runtime, shard: Shard) -> Runtime:
+    """One GPU per rank (``LOCAL_RANK``) and this node's cores shared by its ranks."""
+    torch.set_num_threads(thread_budget(shard))
+    if runtime.device.type == "cuda" and runtime.device.index is None:
+        device = torch.device("cuda", shard.local_rank % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
+        return replace(runtime, device=device)
+    return runtime
+
+
+def _extract_into_store(config: ExtractConfig, plan: _Plan, shard: Shard) -> ExtractResult:
+    """Encode every image of this shard not yet in a finished part, then join the parts."""
     writer = PartWriter(plan.out.with_name(plan.out.name + ".parts"),
                         {"store_key": plan.key, **plan.key_parts})
-    resumed_from = writer.done_until()
-    todo = range(resumed_from, len(plan.source.items))
+    owned = owned_parts(len(plan.source.items), config.part_size, shard)
+    todo = missing_ranges(owned, [(start, end) for start, end, _ in writer.parts()])
+    resumed_from = sum(end - start for start, end in owned) - sum(e - s for s, e in todo)
     started = time.perf_counter()
     explicit = {key for key in ("batch_size", "workers") if getattr(config, key) is not None}
     execution = reuse_execution(writer.folder, plan_execution(
         plan.runtime.device, batch_size=config.batch_size, workers=config.workers,
+        ranks=shard.local_world,
     ), explicit=explicit)
-    if todo:
-        _run(config, plan, writer, todo, execution)
+    with process_group(shard, plan.runtime.device):
+        _on_every_rank(shard, "encoding its images",
+                       lambda: _run(config, plan, writer, todo, execution, shard) if todo else None)
+        _on_every_rank(shard, "joining the parts",
+                       lambda: _join(config, plan, writer, execution) if shard.rank == 0 else None)
+    with CodeStore(plan.out) as store:
+        n_images, skipped = len(store), store.skipped
+        notes = plan.notes + _empty_class_notes(store)
+    return ExtractResult(plan.out, False, n_images, skipped, plan.layers, plan.dims,
+                         time.perf_counter() - started, resumed_from, notes)
+
+
+def _on_every_rank(shard: Shard, doing: str, step: Callable[[], None]) -> None:
+    """Run ``step``; under torchrun, then learn whether every rank succeeded, and fail on
+    every rank, in one line naming the first failed rank, if one did not."""
+    if not shard.distributed:
+        step()
+        return
+    error = ""
+    try:
+        step()
+    except CnnCodesError as caught:
+        error = str(caught)
+    except Exception as caught:  # reported by rank, below, on every rank
+        error = f"{type(caught).__name__}: {first_line(caught)}"
+    failed = gather_errors(shard, error)
+    if failed:
+        rank, text = failed[0]
+        others = f" (and {len(failed) - 1} other rank(s))" if len(failed) > 1 else ""
+        raise RankFailure(
+            f"rank {rank} of {shard.world}{others} failed while {doing}: {text.rstrip('.')}. "
+            "Finished parts are kept: run the same command again to resume.",
+            reporter=shard.rank == 0,
+        )
+
+
+def _join(config: ExtractConfig, plan: _Plan, writer: PartWriter, execution: Execution) -> None:
+    """Join the finished parts into the store under its final name."""
     names = plan.node_names
     attrs = {
         "cnncodes_version": __version__,
@@ -232,11 +299,6 @@ def _extract_into_store(config: ExtractConfig, plan: _Plan) -> ExtractResult:
         writer, plan.out, layers=plan.layers, dims=plan.dims, items=plan.source.items,
         classes=plan.source.classes, has_split=plan.source.has_split, attrs=attrs,
     )
-    with CodeStore(plan.out) as store:
-        n_images, skipped = len(store), store.skipped
-        notes = plan.notes + _empty_class_notes(store)
-    return ExtractResult(plan.out, False, n_images, skipped, plan.layers, plan.dims,
-                         time.perf_counter() - started, resumed_from, notes)
 
 
 def _check_some_encoded(writer: PartWriter, source: ImageSource) -> None:
@@ -299,15 +361,17 @@ def _cache_hit(out: Path, key: str, *, overwrite: bool, explicit: bool) -> Extra
     return None
 
 
-def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[int],
-         execution: Execution) -> None:
+def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[tuple[int, int]],
+         execution: Execution, shard: Shard) -> None:
+    """Encode the positions of the ``todo`` ranges, writing one part file per range."""
     source, dims = plan.source, plan.dims
     memory = "channels_last" if execution.channels_last else "contiguous"
     runtime = replace(plan.runtime, memory_format=memory)
     workers = execution.workers
     preprocessing = split_preprocessing(plan.backbone.transform)
+    positions = [p for start, end in todo for p in range(start, end)]
     loader = torch.utils.data.DataLoader(
-        ImageDataset(source, todo, preprocessing.image),
+        ImageDataset(source, positions, preprocessing.image),
         batch_size=execution.batch_size,
         num_workers=workers,
         collate_fn=collate_items,
@@ -316,10 +380,12 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
         worker_init_fn=partial(lower_priority, execution.worker_nice) if workers else None,
     )
     extractor = runtime.place(plan.extractor)
-    parts = _PartBuffer(writer, dims, len(source.items), config.part_size, todo[0])
+    parts = _PartBuffer(writer, dims, todo)
+    owned = sum(end - start for start, end in owned_parts(len(source.items), config.part_size, shard))
     bar = Progress(
-        total=len(source.items), initial=todo[0], unit="img", enabled=config.progress,
-        desc=f"extract {plan.backbone.name}",
+        total=owned, initial=owned - len(positions), unit="img",
+        enabled=config.progress and shard.rank == 0,
+        desc=f"extract {plan.backbone.name}" + (f" ({shard.label})" if shard.distributed else ""),
     )
     n_skipped = 0
     with bar, torch.inference_mode():
@@ -338,14 +404,13 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
 
 
 class _PartBuffer:
-    """Collects codes in source order and writes a part file each time ``part_size``
-    consecutive positions are done (encoded or skipped)."""
+    """Collects codes in position order and writes a part file each time every position
+    of the next ``[start, end)`` range is done (encoded or skipped)."""
 
-    def __init__(self, writer: PartWriter, dims: dict[str, int], total: int, part_size: int,
-                 start: int) -> None:
-        self.writer, self.dims, self.total, self.part_size = writer, dims, total, part_size
-        self.part_start = start
-        self.part_end = min(total, (start // part_size + 1) * part_size)
+    def __init__(self, writer: PartWriter, dims: dict[str, int],
+                 ranges: Sequence[tuple[int, int]]) -> None:
+        self.writer, self.dims = writer, dims
+        self.ranges = list(ranges)
         self.positions: list[int] = []
         self.chunks: dict[str, list[np.ndarray]] = {name: [] for name in dims}
         self.skipped: list[tuple[int, str]] = []
@@ -358,11 +423,10 @@ class _PartBuffer:
             self.positions += positions
         self.skipped += skipped
         last = max(positions + [p for p, _ in skipped])
-        while last >= self.part_end - 1 and self.part_start < self.total:
-            self._flush(self.part_end)
-            self.part_end = min(self.total, self.part_end + self.part_size)
+        while self.ranges and last >= self.ranges[0][1] - 1:
+            self._flush(*self.ranges.pop(0))
 
-    def _flush(self, end: int) -> None:
+    def _flush(self, start: int, end: int) -> None:
         keep = [i for i, p in enumerate(self.positions) if p < end]
         rest = [i for i, p in enumerate(self.positions) if p >= end]
         codes = {}
@@ -371,9 +435,8 @@ class _PartBuffer:
             codes[name] = joined[keep]
             self.chunks[name] = [joined[rest]] if rest else []
         self.writer.write(
-            self.part_start, end, [self.positions[i] for i in keep], codes,
+            start, end, [self.positions[i] for i in keep], codes,
             [(p, r) for p, r in self.skipped if p < end],
         )
         self.positions = [self.positions[i] for i in rest]
         self.skipped = [(p, r) for p, r in self.skipped if p >= end]
-        self.part_start = end
