@@ -250,6 +250,20 @@ def _read_part(path: Path, start: int, end: int, layers: Sequence[str]) -> dict[
     return out
 
 
+def _check_coverage(folder: Path, positions: np.ndarray, n_skipped: int, n_items: int) -> None:
+    """Parts must cover every listed image exactly once (a torchrun rank may be missing)."""
+    if len(np.unique(positions)) != len(positions):
+        raise CnnCodesError(
+            f"Folder {str(folder)!r} holds parts that overlap; delete it and run the same "
+            "cnncodes extract again."
+        )
+    if len(positions) + n_skipped != n_items:
+        raise CnnCodesError(
+            f"Folder {str(folder)!r} holds parts for {len(positions) + n_skipped} of {n_items} "
+            "images; run the same cnncodes extract again to encode the rest."
+        )
+
+
 def assemble_store(
     writer: PartWriter,
     out: Path,
@@ -294,16 +308,7 @@ def assemble_store(
                 datasets[name][row: row + count] = part["codes"][name]
             skipped += zip(part["skipped_positions"].tolist(), part["skipped_reasons"])
             row += count
-        if len(np.unique(positions)) != total:
-            raise CnnCodesError(
-                f"Folder {str(writer.folder)!r} holds parts that overlap; delete it and run "
-                "the same cnncodes extract again."
-            )
-        if total + len(skipped) != len(items):
-            raise CnnCodesError(
-                f"Folder {str(writer.folder)!r} holds parts for {total + len(skipped)} of "
-                f"{len(items)} images; run the same cnncodes extract again to encode the rest."
-            )
+        _check_coverage(writer.folder, positions, len(skipped), len(items))
         order: list[int] = positions.tolist()
         _create(store, "labels", np.array([items[p].label for p in order], dtype=np.int64))
         _create(store, "classes", _text(classes))
