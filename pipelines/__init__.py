@@ -7,9 +7,13 @@ follows too:
   ``Pipeline.set_params`` names (``classifier__C=0.1``).
 - ``search_space``: ``dict`` of parameter name -> list of candidate values, searched by
   :func:`cnncodes.fit_pipeline`.
-- ``path_parameter`` (optional): one key of ``search_space`` that is searched in
-  increasing order as a regularisation path: warm-started when the estimator has
-  ``warm_start``, and stopped early once the validation score has clearly fallen.
+- ``path_parameter`` (optional): one key of ``search_space`` that is searched as a
+  regularisation path, coarse to fine (every other value in increasing order, then the
+  skipped ones beside the best): warm-started when the estimator has ``warm_start``, and
+  stopped early once the validation score has clearly fallen.
+- ``search_settings`` (optional): ``set_params`` values used while searching only, e.g.
+  a looser solver tolerance; the final fit uses the pipeline as built, started from the
+  search's own solution at the chosen candidate (:func:`cnncodes.probe.search.fit_final`).
 """
 
 from __future__ import annotations

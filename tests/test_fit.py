@@ -120,7 +120,7 @@ def test_user_pipeline_file(hymenoptera_store: Path, tmp_path: Path) -> None:
     assert type(fitted.steps[-1][1]).__name__ == "RidgeClassifier"
 
 
-def test_search_warm_starts_and_stops_early_along_the_path() -> None:
+def test_search_walks_the_path_coarse_to_fine_and_stops_early() -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 20))
     y = (X[:, 0] + 0.5 * rng.normal(size=300) > 0).astype(int)
@@ -130,11 +130,68 @@ def test_search_warm_starts_and_stops_early_along_the_path() -> None:
     found = search_pipeline(pipeline, {"c__C": grid[::-1]}, X, y, folds, path_parameter="c__C",
                             patience=2)
     evaluated = [c["params"]["c__C"] for c in found.candidates]
-    assert evaluated == sorted(evaluated) == grid[: len(evaluated)]  # walked in increasing order
-    assert found.n_candidates == 23
+    scores = {c["params"]["c__C"]: c["score"] for c in found.candidates}
+    coarse = [c for c in evaluated if grid.index(c) % 2 == 0]
+    # Every other value first, in increasing order, stopped before the end of the grid...
+    assert evaluated[: len(coarse)] == coarse == grid[::2][: len(coarse)] != grid[::2]
+    best = grid.index(max(coarse, key=lambda c: (scores[c], -c)))
+    # ...then the skipped values beside the best coarse one.
+    assert evaluated[len(coarse):] == [grid[p] for p in (best - 1, best + 1) if 0 <= p < 23]
+    assert found.best_score == max(scores.values()) and found.n_candidates == 23
     plain = search_pipeline(pipeline, {"c__C": grid}, X, y, folds)
     assert len(plain.candidates) == 23
     assert found.best_score == pytest.approx(plain.best_score, abs=0.02)
+
+
+def test_final_fit_starts_from_the_searchs_own_solution() -> None:
+    from cnncodes.probe.search import fit_final
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 30)) * 3
+    y = np.repeat(np.arange(4), 60)
+    X = centres[y] + rng.normal(size=(240, 30))  # separable: large C fits stop anywhere
+    folds = [(np.setdiff1d(np.arange(240), held), held)
+             for held in (np.arange(i, 240, 3) for i in range(3))]
+
+    def build(**params):
+        return Pipeline([("s", StandardScaler()), ("c", LogisticRegression(max_iter=500))]
+                        ).set_params(**params)
+
+    found = search_pipeline(build(), {"c__C": [0.01, 0.1, 1.0, 10.0]}, X, y, folds,
+                            path_parameter="c__C")
+    assert found.start is not None
+    coef, intercept = found.start
+    assert coef.shape == (4, 30) and intercept.shape == (4,)
+    final = fit_final(build(**found.best_params), X, y, found.start)
+    cold = build(**found.best_params).fit(X, y)
+    assert final[-1].get_params()["warm_start"] is False  # as built, for the saved model
+    assert final[-1].n_iter_[0] < cold[-1].n_iter_[0]
+    # The final solution is near the fold solutions the search scored (a cold start
+    # would stop elsewhere on this separable set).
+    assert np.corrcoef(final[-1].coef_.ravel(), coef.ravel())[0, 1] > 0.99
+    plain = search_pipeline(build(), {"c__C": [0.1, 1.0]}, X, y, folds)  # no path: no start
+    assert plain.start is None and fit_final(build(), X, y, None)[-1].n_iter_[0] > 0
+
+
+def test_search_settings_apply_to_the_search_only(hymenoptera_store: Path,
+                                                  tmp_path: Path) -> None:
+    file = tmp_path / "loose.py"
+    file.write_text(
+        "from sklearn.pipeline import Pipeline\n"
+        "from sklearn.preprocessing import StandardScaler\n"
+        "from sklearn.linear_model import LogisticRegression\n"
+        "search_space = {'c__C': [0.01, 0.1, 1.0]}\n"
+        "path_parameter = 'c__C'\n"
+        "search_settings = {'c__max_iter': 1}\n"
+        "def build(**params):\n"
+        "    return Pipeline([('s', StandardScaler()), ('c', LogisticRegression(max_iter=300))]"
+        ").set_params(**params)\n"
+    )
+    result = fit_pipeline(hymenoptera_store, clf=str(file), out=tmp_path / "loose",
+                          progress=False)
+    assert result.metrics["n_not_converged"] > 0  # the search fits stopped after 1 step
+    assert result.pipeline[-1].max_iter == 300 and result.pipeline[-1].n_iter_[0] > 1
+    assert result.metadata["search"]["search_settings"] == {"c__max_iter": 1}
 
 
 # --- metadata checks ----------------------------------------------------------------------
@@ -381,3 +438,39 @@ def test_a_best_at_the_first_path_value_does_not_stop_the_walk() -> None:
     found = search_pipeline(pipeline, {"c__C": [1.0, 2.0, 3.0, 4.0, 5.0]}, X, y, folds,
                             path_parameter="c__C", patience=3)
     assert found.best_params == {"c__C": 5.0} and found.best_score == 1.0
+
+
+class _FineTieClassifier(_ScriptedClassifier):
+    SHARE = {1.0: 0.5, 2.0: 0.9, 3.0: 0.9, 4.0: 0.5, 5.0: 0.5}
+
+
+def test_a_fine_value_tying_the_best_wins_when_more_regularised() -> None:
+    y = np.tile([0, 1], 50)
+    X = np.column_stack([y, np.zeros(100)]).astype(float)
+    folds = [(np.arange(50), np.arange(50, 100))]
+    found = search_pipeline(Pipeline([("c", _FineTieClassifier())]),
+                            {"c__C": [1.0, 2.0, 3.0, 4.0, 5.0]}, X, y, folds,
+                            path_parameter="c__C", patience=1)
+    assert [c["params"]["c__C"] for c in found.candidates] == [1.0, 3.0, 5.0, 2.0, 4.0]
+    assert found.best_params == {"c__C": 2.0} and found.best_score == 0.9
+
+
+def test_fold_fits_side_by_side_give_the_sequential_result(monkeypatch) -> None:
+    """Fits of consecutive path values overlap in the workers; each fold's path still runs
+    in order, so two workers find exactly what one does."""
+    from cnncodes.probe import search as search_module
+
+    monkeypatch.setattr(search_module, "available_cores", lambda: 2)
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(3), 50)
+    X = rng.normal(size=(150, 12)) + y[:, None] * 0.4
+    folds = [(np.setdiff1d(np.arange(150), held), held)
+             for held in (np.arange(i, 150, 5) for i in range(5))]
+    pipeline = Pipeline([("s", StandardScaler()), ("c", LogisticRegression(max_iter=300))])
+    space = {"c__C": np.logspace(-4, 3, 15).tolist()}
+    found = [search_pipeline(pipeline, space, X, y, folds, path_parameter="c__C", n_jobs=jobs)
+             for jobs in (1, 2)]
+    assert [(c["params"], c["fold_scores"]) for c in found[0].candidates] == [
+        (c["params"], c["fold_scores"]) for c in found[1].candidates]
+    assert found[0].best_params == found[1].best_params
+    np.testing.assert_allclose(found[0].start[0], found[1].start[0])

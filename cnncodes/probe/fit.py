@@ -36,7 +36,7 @@ from ..errors import CnnCodesError
 from ..paths import default_runs_dir, safe_name
 from ..progress import log
 from .model import PREDICTIONS_FILE, save_model
-from .search import SearchResult, search_pipeline
+from .search import SearchResult, fit_final, search_pipeline
 
 __all__ = ["FitConfig", "FitResult", "fit_pipeline", "load_pipeline_module", "default_runs_dir",
            "REFIT_CHOICES"]
@@ -354,7 +354,8 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
     selection = "val" if len(rows["val"]) else "cv"
     _check_data(store, y, rows, config, selection, dim)
     X = store.codes(layer)
-    pipeline = _build(module, config, {})
+    # What the search fits with: the built pipeline with the module's search-only settings.
+    pipeline = _build(module, config, dict(getattr(module, "search_settings", {})))
     space = dict(getattr(module, "search_space", {}))
     path_parameter = getattr(module, "path_parameter", None)
     if path_parameter not in space:
@@ -381,7 +382,9 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
 
     fit_rows = rows["train"] if config.refit_on == "train" else np.concatenate(
         [rows["train"], rows["val"]])
-    final = _build(module, config, found.best_params).fit(X[fit_rows], y[fit_rows])
+    # Started from the search's own solutions at the chosen C (see search.fit_final).
+    final = fit_final(_build(module, config, found.best_params), X[fit_rows], y[fit_rows],
+                      found.start)
     fit_seconds = time.perf_counter() - started
 
     held_out = _held_out_predictions(final, X, y, rows, search_rows, found, config, selection)
@@ -526,6 +529,7 @@ def _metadata(store: CodeStore, config: FitConfig, module: ModuleType, layer: st
         "validation": validation,
         "search": {"space": dict(getattr(module, "search_space", {})),
                    "path_parameter": getattr(module, "path_parameter", None),
+                   "search_settings": dict(getattr(module, "search_settings", {})),
                    "candidates": found.candidates},
         "metrics": metrics, "row": row,
         "versions": {**_versions(), "torch (extraction)": str(attrs.get("torch_version", ""))},
