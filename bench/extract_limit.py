@@ -4,17 +4,16 @@ On >= 4,000 real photos (the hymenoptera JPEGs, hard-linked under distinct names
 
 1. the bare forward pass of the extractor (model up to ``--layer -2``) on real, already
    preprocessed images, per memory layout, batch size and precision, each warmed up at
-   its own shape first, under libgomp's default spinning waits and under the sleeping
-   waits cnncodes sets (one subprocess each, as libgomp reads the setting at start-up):
-   the ceiling is the fastest of all;
+   its own shape first: the ceiling is the fastest of all;
 2. a naive per-image loop (PIL open, the weights' transform, one contiguous fp32 forward
    per image), as a script without cnncodes would do it;
 3. whole ``cnncodes extract`` processes on all images and on a handful; the *marginal*
    rate (images between the two runs over the time between them) leaves out start-up and
-   model load, which are printed beside it; variants: the default execution, the same
-   with libgomp's spinning waits, one niced decoding worker, ``--amp`` (bfloat16) where
-   the CPU has native bfloat16, and, on a busy machine (one other process spinning on a
-   core), the default against spinning waits;
+   model load, which are printed beside it; variants: the default execution, one niced
+   decoding worker, ``--amp`` (bfloat16) where the CPU has native bfloat16, and, on a
+   busy machine (one other process spinning on a core), the default (whose thread
+   governor moves the forward pass to the free cores) against every pass on all cores
+   (``CNNCODES_FIXED_THREADS=1``);
 4. peak memory (RSS of the process and its children) on a quarter of the images and on
    all of them.
 
@@ -50,7 +49,6 @@ RESULTS = HERE / "results"
 HYMENOPTERA = HERE.parent.parent / "shared" / "data" / "hymenoptera_data"
 HANDFUL = 32
 BUSY_IMAGES = 1000
-WAITS = {"ACTIVE": "spinning", "PASSIVE": "sleeping"}
 RUN = """
 import resource, sys, time
 from cnncodes.cli import main
@@ -81,18 +79,6 @@ def photo_folder(root: Path, n: int) -> Path:
                 target.write_bytes(photo.read_bytes())
             made += 1
     return root
-
-
-def forward_grids(model: str, folder: Path, batches: list[int], work: Path) -> pd.DataFrame:
-    """:func:`forward_grid` in a fresh process per OpenMP wait policy."""
-    frames = []
-    for wait in ("ACTIVE", "PASSIVE"):
-        out = work / f"grid-{wait}.json"
-        subprocess.run([sys.executable, __file__, "--grid-only", str(out), "--model", model,
-                        "--batches", ",".join(map(str, batches)), "--folder", str(folder)],
-                       check=True, env={**os.environ, "OMP_WAIT_POLICY": wait})
-        frames.append(pd.read_json(out).assign(waits=WAITS[wait]))
-    return pd.concat(frames, ignore_index=True)
 
 
 def forward_grid(model: str, folder: Path, batches: list[int]) -> pd.DataFrame:
@@ -161,16 +147,15 @@ def run_extract(folder: Path, out: Path, limit: int | None, extra: list[str],
 
 
 def extract_rows(folder: Path, n: int, model: str, work: Path) -> tuple[pd.DataFrame, dict]:
-    spinning = {"OMP_WAIT_POLICY": "ACTIVE"}
+    fixed = {"CNNCODES_FIXED_THREADS": "1"}
     variants: dict[str, tuple[list[str], dict[str, str], bool]] = {
         "default": ([], {}, False),
-        "spinning OpenMP waits (libgomp's default)": ([], spinning, False),
         "1 niced decoding worker": (["--workers", "1"], {}, False),
     }
     if cpu_has_native_bf16():  # elsewhere --amp falls back to float32 on a CPU
         variants["--amp (bfloat16)"] = (["--amp"], {}, False)
     variants["busy machine: default"] = ([], {}, True)
-    variants["busy machine: spinning OpenMP waits"] = ([], spinning, True)
+    variants["busy machine: every pass on all cores"] = ([], fixed, True)
     rows, rss = [], {}
     for name, (extra, env, busy) in variants.items():
         extra = ["--model", model, *extra]
@@ -215,19 +200,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--batches", default="1,4,8,16,32")
-    parser.add_argument("--grid-only", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    if args.grid_only:  # a subprocess of forward_grids
-        forward_grid(args.model, args.folder, batches).to_json(args.grid_only)
-        return
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         folder = photo_folder(work / "photos", args.images)
         n = len(list(folder.glob("*/*.jpg")))
-        grid = forward_grids(args.model, folder, batches, work)
+        grid = forward_grid(args.model, folder, batches)
         naive = naive_loop(args.model, folder)
         runs, rss = extract_rows(folder, n, args.model, work)
         execution = _execution(work / "0-full.h5")
@@ -248,9 +228,8 @@ def write_report(model: str, n: int, grid: pd.DataFrame, naive: float, runs: pd.
         {"ratio": f"peak RSS, {n} images / {n // 4} images", "value": rss["all"] / rss["quarter"],
          "floor": None},
     ]).round(3)
-    pivot = grid.pivot_table(index="batch", columns=["waits", "layout", "precision"],
-                             values="img/s")
-    pivot.columns = [f"{layout} {precision}, {waits} waits" for waits, layout, precision in pivot.columns]
+    pivot = grid.pivot_table(index="batch", columns=["layout", "precision"], values="img/s")
+    pivot.columns = [f"{layout} {precision}" for layout, precision in pivot.columns]
     native = "native" if cpu_has_native_bf16() else "emulated (no AVX512-BF16 or AMX)"
     text = "\n\n".join([
         f"# Extraction at the machine's limit: {model}, --layer -2",
@@ -260,8 +239,7 @@ def write_report(model: str, n: int, grid: pd.DataFrame, naive: float, runs: pd.
         f"Default execution chosen by cnncodes here: `{json.dumps(execution)}`.",
         "## Bare forward pass (img/s, real preprocessed images, same-shape warm-up)",
         pivot.to_markdown(),
-        f"Fastest fp32: {best['layout']}, batch {best['batch']}, {best['waits']} OpenMP waits: "
-        f"{best['img/s']} img/s. "
+        f"Fastest fp32: {best['layout']}, batch {best['batch']}: {best['img/s']} img/s. "
         f"Naive per-image loop (PIL, transform, contiguous fp32, batch 1): {naive:.1f} img/s.",
         "## Whole `cnncodes extract` processes",
         runs.to_markdown(index=False),

@@ -27,30 +27,9 @@ Public names are loaded on first use (PEP 562), so ``import cnncodes`` and ``cnn
 from __future__ import annotations
 
 import importlib
-import os
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-
-OPENMP_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-
-
-def _sleeping_openmp_waits() -> None:
-    """Let torch's OpenMP threads sleep, not spin, while they wait for each other.
-
-    libgomp's default keeps a waiting thread spinning on its core. A forward pass on every
-    core then collapses as soon as anything else wants one of them (a decoding worker, a
-    browser, another job): measured here, 2 threads ran 5 img/s beside a busy process
-    against 47 img/s for 1 thread, and 71 img/s with sleeping waits
-    (bench/results/extract_limit.md has the side-by-side figures). libgomp reads the
-    setting once, when torch loads, so this only takes effect when cnncodes is imported
-    first (the ``cnncodes`` command always is); a user's own setting always wins.
-    """
-    if not any(name in os.environ for name in OPENMP_SETTINGS):
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
-
-_sleeping_openmp_waits()
 
 # Public name -> the module (under cnncodes) that defines it.
 _EXPORTS = {

@@ -28,7 +28,7 @@ import torch
 from ..data.decode import decoder_name
 from ..progress import log
 
-__all__ = ["Execution", "lower_priority", "plan_execution", "reuse_execution"]
+__all__ = ["Execution", "ThreadGovernor", "lower_priority", "plan_execution", "reuse_execution"]
 
 CPU_BATCH = 8
 CUDA_BATCH = 32  # measured on an H100 (bench/results/extract_gpu.md); not re-tuned since
@@ -125,3 +125,95 @@ def lower_priority(nice: int, worker_id: int = 0) -> None:
     if nice > 0 and hasattr(os, "nice"):
         with contextlib.suppress(OSError):  # not permitted here: normal priority
             os.nice(nice)
+
+
+class ThreadGovernor:
+    """Keeps a CPU forward pass on as many threads as the machine has cores free for it.
+
+    A forward pass on every core is the fastest while nothing else runs, and collapses as
+    soon as another process wants one of those cores: OpenMP threads wait for each other
+    at every layer, and one that lost its core holds up the rest. Measured here, 2 threads
+    ran a few img/s beside one busy process, where 1 thread ran about 45
+    (bench/results/extract_limit.md).
+
+    So the governor times each forward pass. While on ``most`` threads it only watches:
+    when the rate falls below ``drop`` times the best it has seen there, for ``patience``
+    passes in a row, it tries half the threads and keeps whichever ran faster (one
+    warm-up pass, one timed pass). While on fewer threads it tries ``most`` again after
+    ``retry`` passes, backing off (up to 16x) while the other work goes on, so it returns
+    once that work is gone. On a quiet machine it never leaves ``most`` and costs nothing.
+    The thread count changes float rounding only (codes within 1e-5, tests).
+    ``CNNCODES_FIXED_THREADS=1`` keeps every pass on ``most`` threads.
+    """
+
+    def __init__(self, most: int, *, drop: float = 0.7, patience: int = 3,
+                 retry: int = 64) -> None:
+        self.most, self.fewer = most, max(1, most // 2)
+        self.drop, self.patience, self.retry = drop, patience, retry
+        self.best = 0.0  # the best rate on ``most`` threads under the present load
+        self.current = most
+        self.slow = 0  # passes in a row below drop x best on ``most`` threads
+        self.trying: int | None = None  # the thread count on trial, if any
+        self.trial_passes = 0
+        self.baseline = 0.0  # the rate the trial has to beat
+        self.wait = retry  # passes on fewer threads before trying ``most`` again
+        self.since_choice = 0
+        self.passes_on: dict[int, int] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.most > 1 and os.environ.get("CNNCODES_FIXED_THREADS") != "1"
+
+    def record(self, images: int, seconds: float) -> None:
+        """Account one forward pass of ``images`` that took ``seconds``; maybe switch."""
+        if not self.active or seconds <= 0:
+            return
+        rate = images / seconds
+        self.passes_on[self.current] = self.passes_on.get(self.current, 0) + 1
+        if self.trying is not None:
+            self.trial_passes += 1
+            if self.trial_passes > 1:  # the first pass after a switch is a warm-up
+                self._decide(rate)
+            return
+        self.since_choice += 1
+        if self.current == self.most:
+            self.slow = self.slow + 1 if rate < self.drop * self.best else 0
+            self.best = max(self.best, rate)
+            if self.slow >= self.patience:
+                self._start_trial(self.fewer, baseline=rate)
+        elif self.since_choice >= self.wait:
+            self._start_trial(self.most, baseline=rate)
+
+    def _start_trial(self, threads: int, *, baseline: float) -> None:
+        self.baseline, self.trying, self.trial_passes = baseline, threads, 0
+        self._use(threads)
+
+    def _decide(self, rate: float) -> None:
+        """End a trial: keep the thread count on trial if it beat the baseline."""
+        trying, self.trying = self.trying, None
+        self.slow = self.since_choice = 0
+        if trying == self.most:
+            back = rate > self.baseline
+            # Trying every core again costs passes at the collapsed rate: back off while
+            # the other work goes on, and listen closely again once it has stopped.
+            self.wait = self.retry if back else min(16 * self.retry, 2 * self.wait)
+            if back:
+                self.best = rate  # what the machine gives now
+            self._use(self.most if back else self.fewer)
+        else:
+            stay = rate <= self.baseline
+            if stay:  # slower input, not contention: the slower rate is the new normal
+                self.best = self.baseline
+            self._use(self.most if stay else self.fewer)
+
+    def _use(self, threads: int) -> None:
+        self.current = threads
+        torch.set_num_threads(threads)
+
+    def summary(self) -> str:
+        """One line on how the passes were spread over thread counts (``""`` if never changed)."""
+        if set(self.passes_on) <= {self.most}:
+            return ""
+        spread = ", ".join(f"{n} on {t} thread(s)" for t, n in sorted(self.passes_on.items(),
+                                                                       reverse=True))
+        return f"forward passes: {spread} (fewer while other processes used the cores)"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -27,7 +28,14 @@ from ..nets.layers import LARGE_CODE_DIM, CodeExtractor, check_pool, node_names,
 from ..paths import check_output_path, default_cache_dir, exclusive, safe_name
 from ..progress import Progress, log
 from ..runtime import Runtime, setup_runtime
-from .execution import Execution, default_workers, lower_priority, plan_execution, reuse_execution
+from .execution import (
+    Execution,
+    ThreadGovernor,
+    default_workers,
+    lower_priority,
+    plan_execution,
+    reuse_execution,
+)
 from .shards import (
     Shard,
     gather_errors,
@@ -387,20 +395,33 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
         enabled=config.progress and shard.rank == 0,
         desc=f"extract {plan.backbone.name}" + (f" ({shard.label})" if shard.distributed else ""),
     )
-    n_skipped = 0
-    with bar, torch.inference_mode():
+    n_skipped, threads = 0, torch.get_num_threads()
+    governor = ThreadGovernor(threads if runtime.device.type == "cpu" else 1)
+    with bar, torch.inference_mode(), _restored_threads(threads):
         for batch in loader:
             codes: dict[str, np.ndarray] = {}
             if batch["images"] is not None:
                 pixels = batch["images"].to(runtime.device, non_blocking=True)
+                started = time.perf_counter()
                 with runtime.autocast():
                     outputs = extractor(runtime.images(preprocessing.batch(pixels)))
                 codes = {name: outputs[name].float().cpu().numpy() for name in plan.layers}
+                governor.record(len(batch["positions"]), time.perf_counter() - started)
             parts.add(batch["positions"], codes, batch["skipped"])
             n_skipped += len(batch["skipped"])
             bar.update(len(batch["positions"]) + len(batch["skipped"]))
             if n_skipped:
                 bar.set_postfix(skipped=n_skipped)
+    if governor.summary():
+        log("extract", governor.summary(), enabled=config.progress)
+
+
+@contextlib.contextmanager
+def _restored_threads(threads: int) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _PartBuffer:
