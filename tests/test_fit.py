@@ -135,8 +135,9 @@ def test_search_walks_the_path_coarse_to_fine_and_stops_early() -> None:
     # Every other value first, in increasing order, stopped before the end of the grid...
     assert evaluated[: len(coarse)] == coarse == grid[::2][: len(coarse)] != grid[::2]
     best = grid.index(max(coarse, key=lambda c: (scores[c], -c)))
-    # ...then the skipped values beside the best coarse one.
-    assert evaluated[len(coarse):] == [grid[p] for p in (best - 1, best + 1) if 0 <= p < 23]
+    # ...then skipped values beside the best coarse one.
+    fine = evaluated[len(coarse):]
+    assert fine and set(fine) <= {grid[p] for p in (best - 1, best + 1) if 0 <= p < 23}
     assert found.best_score == max(scores.values()) and found.n_candidates == 23
     plain = search_pipeline(pipeline, {"c__C": grid}, X, y, folds)
     assert len(plain.candidates) == 23
@@ -474,3 +475,19 @@ def test_fold_fits_side_by_side_give_the_sequential_result(monkeypatch) -> None:
         (c["params"], c["fold_scores"]) for c in found[1].candidates]
     assert found[0].best_params == found[1].best_params
     np.testing.assert_allclose(found[0].start[0], found[1].start[0])
+
+
+class _LeaningPeakClassifier(_ScriptedClassifier):
+    SHARE = {1.0: 0.7, 2.0: 0.95, 3.0: 0.9, 4.0: 0.6, 5.0: 0.5}
+
+
+def test_the_fine_pass_refines_towards_the_better_neighbour() -> None:
+    y = np.tile([0, 1], 50)
+    X = np.column_stack([y, np.zeros(100)]).astype(float)
+    folds = [(np.arange(50), np.arange(50, 100))]
+    found = search_pipeline(Pipeline([("c", _LeaningPeakClassifier())]),
+                            {"c__C": [1.0, 2.0, 3.0, 4.0, 5.0]}, X, y, folds,
+                            path_parameter="c__C", patience=1)
+    # Coarse 1, 3, 5 score 0.7, 0.9, 0.5: only the gap towards 1 is refined.
+    assert [c["params"]["c__C"] for c in found.candidates] == [1.0, 3.0, 5.0, 2.0]
+    assert found.best_params == {"c__C": 2.0}

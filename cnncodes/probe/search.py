@@ -11,7 +11,9 @@ everything for every candidate:
   has ``warm_start``; the walk stops once ``patience`` of these values in a row have not
   beaten the best score: the weakly regularised end of the path is where fits take
   longest and rarely help. Then the skipped values beside the best are evaluated, each
-  warm-started from the solution at the evaluated value just below it. A tie counts as no
+  warm-started from the solution at the evaluated value just below it: on the side of
+  the better of the best's two neighbours, or on both sides when they tie or one is
+  missing. A tie counts as no
   gain: codes of many classes are often separable, and then every large C predicts the
   same labels, a plateau that would otherwise be walked to its slow end (among equal
   scores the best is the most regularised). A best at the path's first value is no peak
@@ -287,13 +289,14 @@ class _Walk:
             return
         coarse = list(range(0, len(group), PATH_STRIDE))
         snapshots: dict[int, list[Any]] = {}
+        coarse_scores: dict[int, float] = {}
         group_best, best, below = -np.inf, 0, 0
         # Coarse values two at a time (their folds overlap in the workers); the stopping
         # rule sees them one by one, so a walk may go one value past where it would stop.
         for pair in (coarse[i:i + 2] for i in range(0, len(coarse), 2)):
             fitted = self.evaluate([(group[p], p, _CONTINUE) for p in pair])
             for position, (score, estimators) in zip(pair, fitted):
-                snapshots[position] = estimators
+                snapshots[position], coarse_scores[position] = estimators, score
                 if score > group_best:
                     group_best, best, below = score, position, 0
                 else:
@@ -303,10 +306,9 @@ class _Walk:
             # A best at the grid's first value is no evidence of a peak: keep walking.
             if below >= patience and best > 0:
                 break
-        fine = [(group[p], p, snapshots.get(low) if self.warm else None)
-                for low in (best - PATH_STRIDE, best) if low >= 0
-                for p in range(low + 1, min(low + PATH_STRIDE, len(group)))]
-        self.evaluate(fine)
+        self.evaluate([(group[p], p, snapshots.get(low) if self.warm else None)
+                       for low in _fine_sides(coarse_scores, best)
+                       for p in range(low + 1, min(low + PATH_STRIDE, len(group)))])
 
     def evaluate(self, requests: list[tuple[dict[str, Any], int, Any]]
                  ) -> list[tuple[float, list[Any]]]:
@@ -360,6 +362,17 @@ class _Walk:
             self.best_predictions = predictions
             self.best_start = _mean_solution(fitted) if self.warm else None
         return score, fitted
+
+
+def _fine_sides(coarse_scores: dict[int, float], best: int) -> list[int]:
+    """The coarse positions after which the fine pass refines: both gaps beside the best,
+    or only the one towards the better neighbour when both neighbours were scored and
+    differ (a parabola through the three scores peaks on that side)."""
+    low, high = best - PATH_STRIDE, best + PATH_STRIDE
+    sides = [p for p in (low, best) if p >= 0]
+    if low in coarse_scores and high in coarse_scores and coarse_scores[low] != coarse_scores[high]:
+        sides = [low] if coarse_scores[low] > coarse_scores[high] else [best]
+    return sides
 
 
 _CONTINUE = "continue"
