@@ -80,9 +80,10 @@ def extract(source: str, layers: tuple[str, ...], quiet: bool, **options: Any) -
     """Extract CNN codes of SOURCE into an HDF5 code store; print the store's path.
 
     SOURCE is an image folder (class sub-folders, optionally under train/val/test), a CSV
-    manifest (path,label[,split]), a folder with MNIST-style idx files, or the built-in
-    sklearn:digits (1,797 real 8x8 digits shipped with scikit-learn). The same command
-    twice is a cache hit; a killed run resumes where it stopped. stdout carries only the
+    manifest (path,label[,split]), a folder with MNIST-style idx files, WebDataset tar
+    shards ('shards/train-{000..009}.tar', several joined by '::'; needs the tar extra), or
+    the built-in sklearn:digits (1,797 real 8x8 digits shipped with scikit-learn). The
+    same command twice is a cache hit; a killed run resumes where it stopped. stdout carries only the
     store's path; the summary and every skipped file go to stderr.
 
     \b

@@ -25,6 +25,7 @@ other format, take PIL's path. ``CNNCODES_DECODER=pil`` turns the fast path off.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 from collections.abc import Iterator
@@ -82,8 +83,10 @@ class UnusableFile(OSError):
     """A file that decoding refuses on purpose; the message is the reported reason."""
 
 
-def decode_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an image file to 8-bit RGB with bounded memory (see the module docstring).
+def decode_image(path: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_PIXELS
+                 ) -> Image.Image:
+    """Decode an image file, or an image file's bytes (a tar member), to 8-bit RGB with
+    bounded memory (see the module docstring).
 
     Raises:
         OSError: the file is over ``max_pixels``, missing, unreadable, or not an image;
@@ -107,7 +110,8 @@ def decode_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) 
     return rgb.reduce(factor) if factor >= 2 else rgb
 
 
-def _fast_jpeg(path: str | os.PathLike[str], image: Image.Image, scale: int) -> Image.Image | None:
+def _fast_jpeg(path: str | os.PathLike[str] | bytes, image: Image.Image, scale: int
+               ) -> Image.Image | None:
     """Decode a plain RGB or grey JPEG with simplejpeg, or None to take PIL's path.
 
     Same reduced-scale decoding as PIL's draft, same EXIF orientation; anything simplejpeg
@@ -117,8 +121,11 @@ def _fast_jpeg(path: str | os.PathLike[str], image: Image.Image, scale: int) -> 
     if fast is None or image.format != "JPEG" or image.mode not in ("RGB", "L"):
         return None
     try:
-        with open(path, "rb") as file:
-            data = file.read()
+        if isinstance(path, bytes):
+            data = path
+        else:
+            with open(path, "rb") as file:
+                data = file.read()
         if scale >= 2:  # PIL's draft: the largest power-of-two reduction within scale
             reduction = 8 if scale >= 8 else 4 if scale >= 4 else 2
             width, height = -(-image.width // reduction), -(-image.height // reduction)
@@ -148,9 +155,9 @@ def _pil_limit_lifted() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = previous
 
 
-def _open_within_budget(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+def _open_within_budget(path: str | os.PathLike[str] | bytes, max_pixels: int) -> Image.Image:
     with _pil_limit_lifted():
-        image = Image.open(path)
+        image = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
     width, height = image.size
     if width * height > max_pixels:
         image.close()

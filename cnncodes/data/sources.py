@@ -37,6 +37,7 @@ from .decode import (
     display_path,
     first_line,
 )
+from .tars import is_tar_source, list_tar_shards, read_member
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -100,16 +101,22 @@ class ImageSource:
     base: Path | None = None
     max_pixels: int = MAX_PIXELS
     warnings: list[str] = field(default_factory=list)
+    shards: list[Path] = field(default_factory=list, repr=False)
+    members: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
-        return self.root.stem if self.kind in ("csv", "file") else self.root.name
+        return self.root.stem if self.kind in ("csv", "file", "tar") else self.root.name
 
     def open_image(self, item: Item) -> Image.Image:
         """Decode one item to an RGB PIL image (raises on unreadable files)."""
         if self.arrays:  # idx files and built-in sources: "split#row" into in-memory arrays
             split, index = item.path.split("#")
             return Image.fromarray(self.arrays[split][int(index)], mode="L").convert("RGB")
+        if self.members:  # tar shards: the image's bytes, from where listing found them
+            shard, offset, size = self.members[item.path]
+            return decode_image(read_member(self.shards[shard], offset, size),
+                                max_pixels=self.max_pixels)
         path = os.path.join(self.base if self.base is not None else self.root, item.path)
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):  # replaced since listing; opening a FIFO would hang
@@ -163,7 +170,8 @@ def open_source(
     Args:
         path: an image folder (class sub-folders, optionally under train/val/test), a
             folder of images without classes (for prediction), a CSV manifest with columns
-            ``path,label[,split]``, or a folder with MNIST-style ``*-idx*-ubyte.gz`` files.
+            ``path,label[,split]``, a folder with MNIST-style ``*-idx*-ubyte.gz`` files,
+            or WebDataset tar shards (:mod:`cnncodes.data.tars`).
         limit: keep only the first ``limit`` images of each split (quick experiments).
         root: for a manifest, the folder its relative paths start from (default: the
             manifest's own folder). Absolute paths are used as they are.
@@ -179,7 +187,8 @@ def open_source(
     """
     location = Path(path).expanduser()
     shown = display_path(str(path))
-    if not location.exists() and not is_builtin(path):
+    tar = is_tar_source(str(path)) and not location.is_dir()
+    if not location.exists() and not is_builtin(path) and not tar:
         raise CnnCodesError(
             f"Source {shown!r} does not exist; give an image folder, a CSV manifest "
             "(path,label[,split]) or a folder of MNIST-style idx files."
@@ -191,7 +200,7 @@ def open_source(
             f"max_pixels must be a positive number of pixels; got {max_pixels!r} "
             f"(default {MAX_PIXELS:,})."
         )
-    is_manifest = location.is_file() and not is_builtin(path)
+    is_manifest = location.is_file() and not is_builtin(path) and not tar
     if root is not None and not is_manifest:
         raise CnnCodesError(
             f"root={display_path(str(root))!r} only applies to a CSV manifest (the folder its "
@@ -199,6 +208,8 @@ def open_source(
         )
     if is_builtin(path):  # sklearn:digits, shipped inside scikit-learn
         source = _open_builtin(str(path))
+    elif tar:  # WebDataset shards: one .tar, a brace pattern, or several joined by ::
+        source = _open_tars(str(path), require_labels)
     elif is_manifest and location.suffix.lower() in IMAGE_EXTENSIONS and not require_labels:
         source = _open_single(location)  # one image: predict on it
     elif is_manifest:
@@ -650,6 +661,35 @@ def _open_idx(root: Path) -> ImageSource:
     classes = FASHION_CLASSES if fashion else [str(i) for i in range(n_classes)]
     fingerprint = _digest(["idx", stats])
     return ImageSource(root.resolve(), "idx", items, classes, fingerprint, True, arrays)
+
+
+def _open_tars(path: str, require_labels: bool) -> ImageSource:
+    listing = list_tar_shards(path, IMAGE_EXTENSIONS)
+    texts = [sample.label for sample in listing.samples]
+    numeric = all(text.isdigit() for text in texts if text)
+    named = sorted({text for text in texts if text}, key=lambda t: (int(t), t) if numeric else (0, t))
+    classes = [str(i) for i in range(int(named[-1]) + 1)] if numeric and named else named
+    index = {name: i for i, name in enumerate(classes)}
+    unlabeled = [sample.key for sample in listing.samples if not sample.label]
+    if require_labels and unlabeled:
+        raise CnnCodesError(
+            f"Tar source {display_path(path)!r}: sample {display_path(unlabeled[0])!r} (and "
+            f"{len(unlabeled) - 1} more) has no label; give each sample a key.cls or a "
+            "key.json with a 'label' field."
+        )
+    items, members, seen = [], {}, set()
+    for sample in listing.samples:
+        reason = sample.reason or ("duplicate key: an earlier sample has it" if sample.key in seen else "")
+        seen.add(sample.key)
+        label = index[sample.label] if sample.label else -1
+        items.append(Item(sample.key, label, sample.split, reason))
+        if not reason and sample.image is not None:
+            members[sample.key] = sample.image
+    has_split = any(item.split for item in items)
+    fingerprint = _digest(["tar", listing.fingerprint_parts])
+    source = ImageSource(Path(path), "tar", items, classes, fingerprint, has_split)
+    source.shards, source.members = listing.shards, members
+    return source
 
 
 class ImageDataset(torch.utils.data.Dataset):
