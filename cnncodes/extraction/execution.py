@@ -133,21 +133,22 @@ class ThreadGovernor:
     A forward pass on every core is the fastest while nothing else runs, and collapses as
     soon as another process wants one of those cores: OpenMP threads wait for each other
     at every layer, and one that lost its core holds up the rest. Measured here, 2 threads
-    ran a few img/s beside one busy process, where 1 thread ran about 45
-    (bench/results/extract_limit.md).
+    ran a few img/s beside one busy process, where 1 thread ran about 45; whole
+    ``cnncodes extract`` runs of 1,000 photos beside a busy process ran 26.6 img/s with
+    the governor against 17.8 without (bench/results/extract_limit.md has the bench).
 
     So the governor times each forward pass. While on ``most`` threads it only watches:
     when the rate falls below ``drop`` times the best it has seen there, for ``patience``
     passes in a row, it tries half the threads and keeps whichever ran faster (one
     warm-up pass, one timed pass). While on fewer threads it tries ``most`` again after
-    ``retry`` passes, backing off (up to 16x) while the other work goes on, so it returns
+    ``retry`` passes, backing off (up to 8x) while the other work goes on, so it returns
     once that work is gone. On a quiet machine it never leaves ``most`` and costs nothing.
     The thread count changes float rounding only (codes within 1e-5, tests).
     ``CNNCODES_FIXED_THREADS=1`` keeps every pass on ``most`` threads.
     """
 
     def __init__(self, most: int, *, drop: float = 0.7, patience: int = 3,
-                 retry: int = 64) -> None:
+                 retry: int = 32) -> None:
         self.most, self.fewer = most, max(1, most // 2)
         self.drop, self.patience, self.retry = drop, patience, retry
         self.best = 0.0  # the best rate on ``most`` threads under the present load
@@ -196,7 +197,7 @@ class ThreadGovernor:
             back = rate > self.baseline
             # Trying every core again costs passes at the collapsed rate: back off while
             # the other work goes on, and listen closely again once it has stopped.
-            self.wait = self.retry if back else min(16 * self.retry, 2 * self.wait)
+            self.wait = self.retry if back else min(8 * self.retry, 2 * self.wait)
             if back:
                 self.best = rate  # what the machine gives now
             self._use(self.most if back else self.fewer)
