@@ -16,6 +16,7 @@ from cnncodes import CodeStore, extract
 from cnncodes.cli import main
 from cnncodes.data.sources import open_source
 
+pytest.importorskip("webdataset", reason="tar shards need the tar extra: pip install -e '.[tar]'")
 PER_CLASS = 4
 
 
