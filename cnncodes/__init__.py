@@ -61,6 +61,8 @@ _EXPORTS = {
     "FitResult": "probe.fit",
     "fit_pipeline": "probe.fit",
     "load_pipeline_module": "probe.fit",
+    "StreamConfig": "probe.stream",
+    "fit_streamed": "probe.stream",
     "FittedModel": "probe.model",
     "load_model": "probe.model",
     "predict": "probe.predict",
@@ -93,6 +95,7 @@ __all__ = [
     "FitResult",
     "FittedModel",
     "ImageSource",
+    "StreamConfig",
     "SweepConfig",
     "SweepResult",
     "__version__",
@@ -102,6 +105,7 @@ __all__ = [
     "extract",
     "finetune",
     "fit_pipeline",
+    "fit_streamed",
     "format_table",
     "gradcam",
     "list_backbones",
@@ -147,6 +151,7 @@ if TYPE_CHECKING:  # static checkers see the real names
     from .probe.fit import FitConfig, FitResult, fit_pipeline, load_pipeline_module
     from .probe.model import FittedModel, load_model
     from .probe.predict import predict
+    from .probe.stream import StreamConfig, fit_streamed
     from .studies.compare import CompareConfig, CompareResult, compare
     from .studies.report import confusion_table, format_table, per_class_table, run_table
     from .studies.sweep import SweepConfig, SweepResult, sweep

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from ..errors import CnnCodesError
 from .options import (
     TABLE_FORMATS,
     check_out,
@@ -32,25 +33,54 @@ from .options import (
               "cuda:N  [default: auto].")
 @click.option("--jobs", "n_jobs", type=click.IntRange(min=1), default=None,
               help="CV folds fitted side by side, sharing the cores  [default: cores and folds].")
+@click.option("--stream", is_flag=True,
+              help="The choice beyond RAM: read the codes in row chunks and fit logreg or "
+              "linear_svm by SGD (partial_fit), never loading the layer whole.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="With --stream: rows read from the store at a time (bounds the memory).")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True,
+              help="With --stream: passes over the training rows.")
 @click.option("--out", "-o", type=click.Path(), help="Run folder (default: cache/runs/<store>-<clf>-<layer>).")
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True,
               help="Format of the result row printed on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr; only the result row.")
-def fit(store: str, quiet: bool, fmt: str, **options: Any) -> None:
+def fit(store: str, quiet: bool, fmt: str, stream: bool, chunk_rows: int, epochs: int,
+        **options: Any) -> None:
     """Train, tune (C on a log grid), evaluate and save a pipeline on the codes of STORE.
 
     stdout carries the result row (--format); progress and the run folder go to stderr.
     """
     import pandas as pd
 
-    from ..probe.fit import fit_pipeline
     from ..studies.report import format_table
 
     check_out(options.get("out"), folder=True)
-    result = fit_pipeline(store, progress=not quiet, **options)
+    if stream:
+        from ..probe.stream import fit_streamed
+
+        result = fit_streamed(store, progress=not quiet, chunk_rows=chunk_rows, epochs=epochs,
+                              **_stream_options(options))
+    else:
+        from ..probe.fit import fit_pipeline
+
+        result = fit_pipeline(store, progress=not quiet, **options)
     if not quiet:
         click.echo(f"saved {result.model_path}", err=True)
     click.echo(format_table(pd.DataFrame([result.row]), fmt))
+
+
+def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
+    """fit's options that --stream takes; one that it cannot honour is a usage error."""
+    unsupported = {"pca": None, "l2norm": False, "refit_on": "train", "device": None,
+                   "n_jobs": None}
+    for name, default in unsupported.items():
+        if options.get(name, default) != default:
+            flag = "--" + {"n_jobs": "jobs"}.get(name, name).replace("_", "-")
+            raise CnnCodesError(
+                f"--stream fits scaler + SGD only; {flag} is not available with it "
+                f"(got {options[name]!r}): leave {flag} out, or --stream to fit in memory."
+            )
+    return {key: options[key] for key in ("clf", "layer", "cv", "seed", "out")}
 
 
 @click.command()

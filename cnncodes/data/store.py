@@ -653,17 +653,28 @@ class CodeStore:
         name = self.resolve(layer)
         codes = self._read(f"codes/{name}")
         for start in range(0, len(codes), 65536):  # bounded temporary memory
-            finite = np.isfinite(codes[start: start + 65536]).all(axis=1)
-            if not finite.all():
-                row = start + int(np.flatnonzero(~finite)[0])
-                half = str(self.attrs.get("precision", "")) in ("float16", "bfloat16")
-                hint = " with --no-amp" if half else ""
-                raise CnnCodesError(
-                    f"Code store {str(self.path)!r} holds a non-finite code (NaN or inf) "
-                    f"in layer {name!r} at row {row} ({self._path_of(row)!r}); re-extract "
-                    f"it{hint} (delete {str(self.path)!r} and run cnncodes extract again)."
-                )
+            self._check_finite(name, codes[start: start + 65536], start)
         return codes
+
+    def code_rows(self, layer: str | int | None, start: int, stop: int) -> np.ndarray:
+        """Codes of rows ``start:stop`` of one layer as float32, read from disk alone (what
+        a streamed fit reads, one chunk at a time); NaN or inf is refused as by :meth:`codes`."""
+        name = self.resolve(layer)
+        codes = self._read(f"codes/{name}", slice(start, stop))
+        self._check_finite(name, codes, start)
+        return codes
+
+    def _check_finite(self, name: str, codes: np.ndarray, start: int) -> None:
+        finite = np.isfinite(codes).all(axis=1)
+        if not finite.all():
+            row = start + int(np.flatnonzero(~finite)[0])
+            half = str(self.attrs.get("precision", "")) in ("float16", "bfloat16")
+            hint = " with --no-amp" if half else ""
+            raise CnnCodesError(
+                f"Code store {str(self.path)!r} holds a non-finite code (NaN or inf) "
+                f"in layer {name!r} at row {row} ({self._path_of(row)!r}); re-extract "
+                f"it{hint} (delete {str(self.path)!r} and run cnncodes extract again)."
+            )
 
     def load(
         self, layer: str | int | None = None, split: str | None = None

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.neighbors import KDTree, KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -69,13 +69,15 @@ _NUMPY_SCALARS = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.
                   np.uint32, np.uint64, np.float16, np.float32, np.float64)
 
 # Every (skops node kind -> full type names) that `cnncodes fit` writes for the shipped
-# pipelines (logreg, torch_logreg, linear_svm, rbf_svm, mlp, knn, with --pca and --l2norm): found by
+# pipelines (logreg, torch_logreg, linear_svm, rbf_svm, mlp, knn, with --pca and --l2norm,
+# and fit --stream's SGDClassifier, saved without its compiled loss object): found by
 # fitting each and listing the types in its skops file. Function, method, partial and
 # constructor-call nodes are never needed, so none is allowed.
 ALLOWED_TYPES: dict[str, frozenset[str]] = {
     "ObjectNode": frozenset(_type_name(t) for t in (
         Pipeline, StandardScaler, Normalizer, PCA, LogisticRegression, LinearSVC, SVC,
         MLPClassifier, KNeighborsClassifier, KDTree, LabelBinarizer, LinearProbe,
+        SGDClassifier,
         *_internal_types(),
     )),
     "NdArrayNode": frozenset([_type_name(np.ndarray), *map(_type_name, _NUMPY_SCALARS)]),
