@@ -14,10 +14,11 @@ import errno
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ FASHION_CLASSES = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million items listed in memory
 class Item:
     """One image of a source; label -1 = unknown.
 
@@ -256,8 +257,16 @@ def _first_per_split(items: list[Item], limit: int) -> list[Item]:
     return [item for index, item in enumerate(items) if index in chosen]
 
 
-def _digest(parts: Sequence[Any]) -> str:
-    return hashlib.sha256(json.dumps(list(parts), default=str).encode()).hexdigest()[:16]
+def _digest(parts: Iterable[Any]) -> str:
+    """sha256 of the JSON list of ``parts``, fed element by element: the same digest as
+    ``json.dumps(list(parts))`` without building that string (a million paths)."""
+    digest = hashlib.sha256(b"[")
+    for index, part in enumerate(parts):
+        if index:
+            digest.update(b", ")
+        digest.update(json.dumps(part, default=str).encode())
+    digest.update(b"]")
+    return digest.hexdigest()[:16]
 
 
 def _stat_key(path: Path) -> list[Any]:
@@ -275,7 +284,7 @@ def _is_within(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
-@dataclass
+@dataclass(slots=True)
 class _Found:
     """A file met while listing: where, why it is skipped ('' if not), its stat key, and
     the (device, inode) it resolves to, which tells two links to one file apart."""
@@ -440,10 +449,11 @@ def _open_folder(root: Path, require_labels: bool) -> ImageSource:
         for f, label, split in found
     ]
     warnings = walker.warnings + _empty_group_warnings(items, groups, has_split)
-    fingerprint = _digest(
-        ["folder", DECODING, classes]
-        + [[it.path, it.label, it.split, it.skip_reason, f.key] for it, (f, _, _) in zip(items, found)]
-    )
+    fingerprint = _digest(itertools.chain(
+        ["folder", DECODING, classes],
+        ([it.path, it.label, it.split, it.skip_reason, f.key] for it, (f, _, _) in zip(items, found)),
+    ))
+    del found  # a million listed files: free them before the sort
     order = {s: i for i, s in enumerate(SPLITS)}
     items.sort(key=lambda it: (order.get(it.split, -1), it.path))
     return ImageSource(root.resolve(), "folder", items, classes, fingerprint, has_split, warnings=warnings)
