@@ -34,6 +34,7 @@ import pandas as pd
 
 from cnncodes import CodeStore, format_table
 from cnncodes.data.store import PartWriter, assemble_store
+from cnncodes.probe.stream import DEFAULT_EPOCHS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fashion_codes import fashion_store  # noqa: E402
@@ -171,7 +172,7 @@ def main() -> None:
             "",
             f"{platform.machine()}, {os.cpu_count()} cores, no GPU. Fashion-MNIST Lite0 codes "
             f"({LAYER}, 1280-d), 10,000 train / 10,000 test; 5-fold CV on train; chunks of 4096 "
-            f"rows, 5 epochs. Each fit is its own `python -m cnncodes fit` process; peak RSS is "
+            f"rows, {DEFAULT_EPOCHS} epochs. Each fit is its own `python -m cnncodes fit` process; peak RSS is "
             f"its ru_maxrss. Load average {load:.1f} at the start, {load_after:.1f} at the end. "
             "Made by bench/stream_fit.py.",
             "",

@@ -38,7 +38,7 @@ from .options import (
               "linear_svm by SGD (partial_fit), never loading the layer whole.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="With --stream: rows read from the store at a time (bounds the memory).")
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
               help="With --stream: passes over the training rows.")
 @click.option("--out", "-o", type=click.Path(), help="Run folder (default: cache/runs/<store>-<clf>-<layer>).")
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True,

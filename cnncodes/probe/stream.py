@@ -48,7 +48,7 @@ __all__ = ["StreamConfig", "fit_streamed", "STREAM_LOSSES", "STREAM_C", "DEFAULT
 # --clf -> SGDClassifier loss.
 STREAM_LOSSES = {"logreg": "log_loss", "linear_svm": "hinge"}
 DEFAULT_CHUNK_ROWS = 4096
-DEFAULT_EPOCHS = 5
+DEFAULT_EPOCHS = 10
 
 
 def _stream_grid() -> list[float]:
