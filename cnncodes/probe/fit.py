@@ -443,6 +443,17 @@ def _held_out_predictions(final: Pipeline, X: np.ndarray, y: np.ndarray,
 def _metrics(final: Pipeline, X: np.ndarray, y: np.ndarray, rows: dict[str, np.ndarray],
              fit_rows: np.ndarray, held_out: dict[str, tuple[np.ndarray, np.ndarray]],
              found: SearchResult, config: FitConfig, selection: str, dim: int) -> dict[str, Any]:
+    train_rows = rows["train"]
+    train_accuracy = float(np.mean(final.predict(X[train_rows]) == y[train_rows]))
+    return held_out_metrics(y, rows, len(fit_rows), train_accuracy, held_out, found, config.cv,
+                            selection, dim)
+
+
+def held_out_metrics(y: np.ndarray, rows: dict[str, np.ndarray], n_train: int,
+                     train_accuracy: float, held_out: dict[str, tuple[np.ndarray, np.ndarray]],
+                     found: SearchResult, cv: int, selection: str, dim: int) -> dict[str, Any]:
+    """A run's metrics from its held-out predictions (``split -> (rows, predicted)``): what
+    ``fit`` and ``fit --stream`` both record."""
     def accuracy(split: str) -> float | None:
         if split not in held_out:
             return None
@@ -450,18 +461,17 @@ def _metrics(final: Pipeline, X: np.ndarray, y: np.ndarray, rows: dict[str, np.n
         return round(float(np.mean(predicted == y[index])), 6)
 
     eval_split = next((s for s in ("test", "val", "cv") if s in held_out), None)
-    train_rows = rows["train"]
     metrics: dict[str, Any] = {
-        "train_accuracy": round(float(np.mean(final.predict(X[train_rows]) == y[train_rows])), 6),
+        "train_accuracy": round(train_accuracy, 6),
         "val_accuracy": accuracy("val"),
         "test_accuracy": accuracy("test"),
         "cv_accuracy": round(found.best_score, 6) if selection == "cv" else None,
-        "selected_on": "val" if selection == "val" else f"{config.cv}-fold CV",
+        "selected_on": "val" if selection == "val" else f"{cv}-fold CV",
         "selection_score": round(found.best_score, 6),
         "eval_split": eval_split,
         "mean_per_class_accuracy": None,
         "macro_f1": None,
-        "n_train": int(len(fit_rows)),
+        "n_train": int(n_train),
         "n_val": int(len(rows["val"])),
         "n_test": int(len(rows["test"])),
         "code_dim": dim,

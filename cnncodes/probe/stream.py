@@ -38,6 +38,7 @@ from .fit import (
     _metadata,
     _predictions_frame,
     _run_name,
+    held_out_metrics,
     load_pipeline_module,
 )
 from .model import PREDICTIONS_FILE, save_model
@@ -397,43 +398,11 @@ def _metrics(
     dim: int,
 ) -> dict[str, Any]:
     """The metrics of :func:`cnncodes.fit_pipeline`, from the streamed predictions."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
-    def accuracy(split: str) -> float | None:
-        if split not in held_out:
-            return None
-        index, labels = held_out[split]
-        return round(float(np.mean(labels == y[index])), 6)
-
     train = rows["train"]
-    eval_split = next((s for s in ("test", "val", "cv") if s in held_out), None)
-    metrics: dict[str, Any] = {
-        "train_accuracy": round(float(np.mean(predicted[0, train] == y[train])), 6),
-        "val_accuracy": accuracy("val"),
-        "test_accuracy": accuracy("test"),
-        "cv_accuracy": round(found.best_score, 6) if selection == "cv" else None,
-        "selected_on": "val" if selection == "val" else f"{config.cv}-fold CV",
-        "selection_score": round(found.best_score, 6),
-        "eval_split": eval_split,
-        "mean_per_class_accuracy": None,
-        "macro_f1": None,
-        "n_train": int(len(train)),
-        "n_val": int(len(rows["val"])),
-        "n_test": int(len(rows["test"])),
-        "code_dim": dim,
-        "n_candidates": found.n_candidates,
-        "n_evaluated": len(found.candidates),
-        "n_not_converged": 0,
-        "streamed": True,
-        "chunk_rows": config.chunk_rows,
-        "epochs": config.epochs,
-    }
-    if eval_split is not None:
-        index, labels = held_out[eval_split]
-        metrics["mean_per_class_accuracy"] = round(
-            float(balanced_accuracy_score(y[index], labels)), 6
-        )
-        metrics["macro_f1"] = round(float(f1_score(y[index], labels, average="macro")), 6)
+    train_accuracy = float(np.mean(predicted[0, train] == y[train]))
+    metrics = held_out_metrics(y, rows, len(train), train_accuracy, held_out, found, config.cv,
+                               selection, dim)
+    metrics.update(streamed=True, chunk_rows=config.chunk_rows, epochs=config.epochs)
     return metrics
 
 
