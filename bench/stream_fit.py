@@ -18,14 +18,12 @@ Run: python bench/stream_fit.py  (writes bench/results/stream_fit.md)
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,24 +36,10 @@ from cnncodes.probe.stream import DEFAULT_EPOCHS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fashion_codes import fashion_store  # noqa: E402
+from fit_speed import _Item, wilson  # noqa: E402  (the fit benches share them)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAYER = "global_pool.flatten"
-
-
-@dataclass
-class _Item:
-    path: str
-    label: int
-    split: str
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of ``correct`` out of ``n``."""
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def run_fit(store: Path, out: Path, clf: str, *extra: str) -> dict[str, Any]:
