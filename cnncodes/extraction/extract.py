@@ -250,7 +250,8 @@ def _extract_into_store(config: ExtractConfig, plan: _Plan, shard: Shard) -> Ext
     ), explicit=explicit)
     with process_group(shard, plan.runtime.device):
         _on_every_rank(shard, "encoding its images",
-                       lambda: _run(config, plan, writer, todo, execution, shard) if todo else None)
+                       lambda: _run(config, plan, writer, todo, execution, shard, resumed_from)
+                       if todo else None)
         _on_every_rank(shard, "joining the parts",
                        lambda: _join(config, plan, writer, execution) if shard.rank == 0 else None)
     with CodeStore(plan.out) as store:
@@ -370,8 +371,9 @@ def _cache_hit(out: Path, key: str, *, overwrite: bool, explicit: bool) -> Extra
 
 
 def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[tuple[int, int]],
-         execution: Execution, shard: Shard) -> None:
-    """Encode the positions of the ``todo`` ranges, writing one part file per range."""
+         execution: Execution, shard: Shard, done: int) -> None:
+    """Encode the positions of the ``todo`` ranges, writing one part file per range
+    (``done``: this shard's images already in finished parts, for the progress bar)."""
     source, dims = plan.source, plan.dims
     memory = "channels_last" if execution.channels_last else "contiguous"
     runtime = replace(plan.runtime, memory_format=memory)
@@ -389,9 +391,8 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
     )
     extractor = runtime.place(plan.extractor)
     parts = _PartBuffer(writer, dims, todo)
-    owned = sum(end - start for start, end in owned_parts(len(source.items), config.part_size, shard))
     bar = Progress(
-        total=owned, initial=owned - len(positions), unit="img",
+        total=done + len(positions), initial=done, unit="img",
         enabled=config.progress and shard.rank == 0,
         desc=f"extract {plan.backbone.name}" + (f" ({shard.label})" if shard.distributed else ""),
     )
