@@ -40,12 +40,17 @@ from .options import (
               help="With --stream: rows read from the store at a time (bounds the memory).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True,
               help="With --stream: passes over the training rows.")
+@click.option("--scheduler", metavar="ADDRESS", envvar="DASK_SCHEDULER_ADDRESS",
+              help="With --stream: fit on the Dask cluster whose scheduler is at ADDRESS "
+              "(tcp://host:8786; default $DASK_SCHEDULER_ADDRESS, used only with --stream). "
+              "Its workers open STORE by its path: it must be on a filesystem they share. "
+              "Needs pip install 'cnncodes[dask]'.")
 @click.option("--out", "-o", type=click.Path(), help="Run folder (default: cache/runs/<store>-<clf>-<layer>).")
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True,
               help="Format of the result row printed on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr; only the result row.")
 def fit(store: str, quiet: bool, fmt: str, stream: bool, chunk_rows: int, epochs: int,
-        **options: Any) -> None:
+        scheduler: str | None, **options: Any) -> None:
     """Train, tune (C on a log grid), evaluate and save a pipeline on the codes of STORE.
 
     stdout carries the result row (--format); progress and the run folder go to stderr.
@@ -55,11 +60,19 @@ def fit(store: str, quiet: bool, fmt: str, stream: bool, chunk_rows: int, epochs
     from ..studies.report import format_table
 
     check_out(options.get("out"), folder=True)
+    if scheduler and not stream:
+        source = click.get_current_context().get_parameter_source("scheduler")
+        if source != click.core.ParameterSource.ENVIRONMENT:  # the variable alone is no request
+            raise CnnCodesError(
+                f"--scheduler {scheduler!r} runs the streamed fit on Dask; add --stream "
+                "(cnncodes fit STORE --stream --scheduler ADDRESS), or leave --scheduler out "
+                "to fit in memory here."
+            )
     if stream:
         from ..probe.stream import fit_streamed
 
         result = fit_streamed(store, progress=not quiet, chunk_rows=chunk_rows, epochs=epochs,
-                              **_stream_options(options))
+                              scheduler=scheduler or None, **_stream_options(options))
     else:
         from ..probe.fit import fit_pipeline
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,18 @@ from ..data.store import CodeStore
 from ..errors import CnnCodesError
 from ..paths import default_runs_dir
 from ..progress import log
+from .chunks import (
+    ChunkRunner,
+    Group,
+    LocalChunks,
+    Moments,
+    Plan,
+    chunk_counts,
+    chunk_moments,
+    chunk_predictions,
+    merge_moments,
+    moments_scaler,
+)
 from .fit import (
     FitConfig,
     FitResult,
@@ -71,6 +82,8 @@ class StreamConfig:
         clf: ``logreg`` (SGD with log loss) or ``linear_svm`` (SGD with hinge loss).
         chunk_rows: rows read from the store at a time; memory is bounded by it.
         epochs: passes over the training rows.
+        scheduler: where it runs: the address of a Dask scheduler (``tcp://host:8786``),
+            whose workers read the chunks; None fits in this process.
     """
 
     clf: str = "logreg"
@@ -81,6 +94,7 @@ class StreamConfig:
     progress: bool = True
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     epochs: int = DEFAULT_EPOCHS
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         if self.clf not in STREAM_LOSSES:
@@ -91,16 +105,6 @@ class StreamConfig:
         for name, value in (("chunk_rows", self.chunk_rows), ("epochs", self.epochs)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise CnnCodesError(f"{name} must be a positive integer; got {value!r}.")
-
-
-@dataclass
-class _Group:
-    """One training set (a CV fold's complement, or all of train): its scaler and one
-    model per C."""
-
-    train: np.ndarray  # bool per store row
-    scaler: StandardScaler
-    models: list[SGDClassifier]
 
 
 def fit_streamed(
@@ -114,6 +118,7 @@ def fit_streamed(
     progress: bool = True,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     epochs: int = DEFAULT_EPOCHS,
+    scheduler: str | None = None,
 ) -> FitResult:
     """Fit a linear probe on one layer of a code store without loading the layer into RAM.
 
@@ -126,6 +131,10 @@ def fit_streamed(
         layer, cv, out, seed, progress: as for :func:`cnncodes.fit_pipeline`.
         chunk_rows: rows read at a time.
         epochs: passes over the training rows.
+        scheduler: fit on the Dask cluster of this scheduler address instead of in this
+            process (needs ``pip install 'cnncodes[dask]'``). Its workers open the store
+            by its path, so it must be on a filesystem that they and this process share.
+            The models are the ones this process would train with the same settings.
 
     Returns:
         The run folder, chosen parameters, metrics and report row, as ``fit_pipeline``.
@@ -133,14 +142,27 @@ def fit_streamed(
     Raises:
         CnnCodesError: another classifier, bad chunk_rows or epochs, and whatever
             ``fit_pipeline`` refuses of the store (no train split, one class, too few
-            images per class for ``cv``).
+            images per class for ``cv``), Dask not installed, a scheduler that cannot
+            be reached or has no workers, a worker that cannot open the store.
     """
-    config = StreamConfig(clf, layer, cv, out, seed, progress, chunk_rows, epochs)
+    config = StreamConfig(clf, layer, cv, out, seed, progress, chunk_rows, epochs, scheduler)
     FitConfig(clf=clf, cv=cv)  # the checks shared with fit
     if isinstance(store, CodeStore):
-        return _fit_streamed(store, config)
+        return _fit_on(store, config)
     with CodeStore(store) as opened:
-        return _fit_streamed(opened, config)
+        return _fit_on(opened, config)
+
+
+def _fit_on(store: CodeStore, config: StreamConfig) -> FitResult:
+    """The fit, run here or on the Dask cluster that ``config.scheduler`` names."""
+    layer = store.resolve(config.layer)
+    if config.scheduler is None:
+        return _fit_streamed(store, config, layer, LocalChunks(store, layer))
+    from .dask_fit import dask_chunks
+
+    with dask_chunks(config.scheduler, store, layer) as runner:
+        _log(config, f"on the Dask cluster at {config.scheduler} ({runner.describe()})")
+        return _fit_streamed(store, config, layer, runner)
 
 
 def _log(config: StreamConfig, message: str) -> None:
@@ -151,22 +173,9 @@ def _chunks(n_rows: int, chunk_rows: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk_rows, n_rows)) for start in range(0, n_rows, chunk_rows)]
 
 
-def _read(
-    store: CodeStore,
-    layer: str,
-    chunks: list[tuple[int, int]],
-    rng: np.random.Generator | None = None,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, codes) per chunk; with ``rng`` in a random order."""
-    order = range(len(chunks)) if rng is None else rng.permutation(len(chunks))
-    for index in order:
-        start, stop = chunks[index]
-        yield start, store.code_rows(layer, start, stop)
-
-
 def _groups(
     n_rows: int, rows: dict[str, np.ndarray], y: np.ndarray, selection: str, config: StreamConfig
-) -> tuple[list[_Group], np.ndarray]:
+) -> tuple[list[Group], np.ndarray]:
     """The training sets (CV folds' complements first, all of train last) and the CV fold
     of every store row (-1: in no fold)."""
     from sklearn.model_selection import StratifiedKFold
@@ -191,68 +200,50 @@ def _groups(
             )
             for C in STREAM_C
         ]
-        groups.append(_Group(members, StandardScaler(), models))
+        groups.append(Group(members, StandardScaler(), models))
     return groups, fold
 
 
-def _scale_pass(
-    store: CodeStore, layer: str, chunks: list[tuple[int, int]], groups: list[_Group]
-) -> None:
-    for start, codes in _read(store, layer, chunks):
-        for group in groups:
-            members = group.train[start : start + len(codes)]
-            if members.any():
-                group.scaler.partial_fit(codes[members])
+def _scale_pass(runner: ChunkRunner, chunks: list[tuple[int, int]], groups: list[Group]) -> None:
+    """Every training set's scaler, from per-chunk moments merged in chunk order."""
+    calls = ((start, stop, ([g.train[start:stop] for g in groups],)) for start, stop in chunks)
+    totals: list[Moments | None] = [None] * len(groups)
+    for moments in runner.map(chunk_moments, calls):
+        totals = [merge_moments(total, part) for total, part in zip(totals, moments)]
+    for group, total in zip(groups, totals):
+        assert total is not None  # _check_data refused training sets without rows
+        group.scaler = moments_scaler(total)
 
 
-def _train_pass(
-    store: CodeStore,
-    layer: str,
-    chunks: list[tuple[int, int]],
-    groups: list[_Group],
-    y: np.ndarray,
-    classes: np.ndarray,
-    rng: np.random.Generator,
-) -> None:
-    """One epoch: every chunk once, in a random order, rows shuffled, to every model."""
-    for start, codes in _read(store, layer, chunks, rng):
-        order = rng.permutation(len(codes))
-        for group in groups:
-            chosen = order[group.train[start + order]]
-            if not len(chosen):
-                continue
-            scaled = group.scaler.transform(codes[chosen])
-            labels = y[start + chosen]
-            for model in group.models:
-                model.partial_fit(scaled, labels, classes=classes)
+def _epoch_plan(chunks: list[tuple[int, int]], rng: np.random.Generator) -> Plan:
+    """One epoch: every chunk once, in a random order, its rows in a random order."""
+    plan = []
+    for index in rng.permutation(len(chunks)):
+        start, stop = chunks[index]
+        plan.append((start, stop, rng.permutation(stop - start)))
+    return plan
 
 
 def _score_pass(
-    store: CodeStore,
-    layer: str,
+    runner: ChunkRunner,
     chunks: list[tuple[int, int]],
-    groups: list[_Group],
+    groups: list[Group],
     y: np.ndarray,
     fold: np.ndarray,
     val: np.ndarray,
 ) -> np.ndarray:
     """Held-out (correct, seen) counts [group, candidate, 2]: fold rows for a fold's
     models, val rows for the last group's when selecting on val."""
-    counts = np.zeros((len(groups), len(STREAM_C), 2), dtype=np.int64)
+    fitted = runner.share([(group.scaler, group.models) for group in groups])
     n_folds = len(groups) - 1
-    for start, codes in _read(store, layer, chunks):
-        stop = start + len(codes)
-        for number, group in enumerate(groups):
-            held = (fold[start:stop] == number) if number < n_folds else val[start:stop]
-            if not held.any():
-                continue
-            scaled = group.scaler.transform(codes[held])
-            truth = y[start:stop][held]
-            for candidate, model in enumerate(group.models):
-                counts[number, candidate] += (
-                    int((model.predict(scaled) == truth).sum()),
-                    len(truth),
-                )
+
+    def held(start: int, stop: int) -> list[np.ndarray]:
+        return [fold[start:stop] == number for number in range(n_folds)] + [val[start:stop]]
+
+    calls = ((start, stop, (fitted, y[start:stop], held(start, stop))) for start, stop in chunks)
+    counts = np.zeros((len(groups), len(STREAM_C), 2), dtype=np.int64)
+    for part in runner.map(chunk_counts, calls):
+        counts += part
     return counts
 
 
@@ -274,35 +265,28 @@ def _select(counts: np.ndarray, selection: str, n_train: int) -> tuple[int, list
 
 
 def _predict_pass(
-    store: CodeStore,
-    layer: str,
+    runner: ChunkRunner,
     chunks: list[tuple[int, int]],
-    groups: list[_Group],
+    groups: list[Group],
     best: int,
     fold: np.ndarray,
     wanted: np.ndarray,
 ) -> np.ndarray:
     """Predicted labels of the ``wanted`` rows (-1 elsewhere): train, val and test rows by
     the final model, CV rows also by their fold's model (returned as a second row)."""
+    final = runner.share((groups[-1].scaler, groups[-1].models[best]))
+    folds = runner.share([(group.scaler, group.models[best]) for group in groups[:-1]])
+    calls = (
+        (start, stop, (final, wanted[start:stop], folds, fold[start:stop]))
+        for start, stop in chunks
+    )
     predicted = np.full((2, len(fold)), -1, dtype=np.int64)
-    final, n_folds = groups[-1], len(groups) - 1
-    for start, codes in _read(store, layer, chunks):
-        stop = start + len(codes)
-        chosen = wanted[start:stop]
-        if chosen.any():
-            predicted[0, start:stop][chosen] = final.models[best].predict(
-                final.scaler.transform(codes[chosen])
-            )
-        for number, group in enumerate(groups[:n_folds]):
-            held = fold[start:stop] == number
-            if held.any():
-                predicted[1, start:stop][held] = group.models[best].predict(
-                    group.scaler.transform(codes[held])
-                )
+    for (start, stop), part in zip(chunks, runner.map(chunk_predictions, calls)):
+        predicted[:, start:stop] = part
     return predicted
 
 
-def _final_pipeline(group: _Group, best: int) -> Pipeline:
+def _final_pipeline(group: Group, best: int) -> Pipeline:
     model = group.models[best]
     # A compiled loss object, needed only to go on training; predict does without it,
     # and the model loader need not rebuild a compiled type from a file.
@@ -319,9 +303,10 @@ def _rows(store: CodeStore, y: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
 
 
-def _fit_streamed(store: CodeStore, config: StreamConfig) -> FitResult:
+def _fit_streamed(
+    store: CodeStore, config: StreamConfig, layer: str, runner: ChunkRunner
+) -> FitResult:
     started = time.perf_counter()
-    layer = store.resolve(config.layer)
     dim, y = store.dim(layer), store.labels
     rows = _rows(store, y)
     selection = "val" if len(rows["val"]) else "cv"
@@ -337,21 +322,21 @@ def _fit_streamed(store: CodeStore, config: StreamConfig) -> FitResult:
         f"{'val' if selection == 'val' else f'{config.cv}-fold CV'} over {len(STREAM_C)} "
         f"values of C, {len(groups) * len(STREAM_C)} models, {config.epochs} epochs",
     )
-    _scale_pass(store, layer, chunks, groups)
+    _scale_pass(runner, chunks, groups)
     rng = np.random.default_rng(config.seed)
     for epoch in range(config.epochs):
-        _train_pass(store, layer, chunks, groups, y, classes, rng)
+        runner.train_epoch(_epoch_plan(chunks, rng), groups, y, classes)
         _log(config, f"epoch {epoch + 1}/{config.epochs} ({time.perf_counter() - started:.1f}s)")
     val = np.zeros(len(store), dtype=bool)
     val[rows["val"]] = True
-    counts = _score_pass(store, layer, chunks, groups, y, fold, val)
+    counts = _score_pass(runner, chunks, groups, y, fold, val)
     best, candidates = _select(counts, selection, len(rows["train"]))
     search_seconds = time.perf_counter() - started
     _log(config, f"best C={STREAM_C[best]:.3g}: {candidates[best]['score']:.4f}")
     wanted = np.zeros(len(store), dtype=bool)
     for name in ("train", "val", "test"):
         wanted[rows[name]] = True
-    predicted = _predict_pass(store, layer, chunks, groups, best, fold, wanted)
+    predicted = _predict_pass(runner, chunks, groups, best, fold, wanted)
     found = SearchResult(
         best_params={"classifier__alpha": candidates[best]["params"]["classifier__alpha"]},
         best_score=candidates[best]["score"],
@@ -473,6 +458,8 @@ def _save(
                 "epochs": config.epochs,
                 "alpha": "1 / (C * n_train)",
                 "average": True,
+                # Where it ran; the models are the same either way.
+                "dask_scheduler": config.scheduler,
             },
         }
     )
