@@ -7,7 +7,11 @@ EfficientNet-Lite0 codes, 1280-d ``global_pool.flatten``):
    ``--stream``: test accuracy with n and a 95% Wilson interval, wall seconds and the
    peak RSS of the process. Every fit is its own ``python -m cnncodes fit`` subprocess,
    and its peak RSS is that child's own ``ru_maxrss`` (``os.wait4``).
-2. Memory at scale: two stores written from the same codes, one with the 10,000 train
+2. The streamed logreg again with ``--scheduler``, on a local Dask cluster of 2 worker
+   processes with 1 thread each (``distributed.LocalCluster``, started here): seconds,
+   the fit process's peak RSS, the workers' peak RSS, and whether its model equals the
+   local streamed fit's (it should: the same rows reach the models in the same order).
+3. Memory at scale: two stores written from the same codes, one with the 10,000 train
    rows (8,000 train + 2,000 val, so that both select on val) and one with the 8,000 train
    rows repeated 10 times (80,000 train, the same val and test); the same streamed
    logreg fit on each (2 epochs, to keep the 10x run short); peak RSS of 10x over 1x.
@@ -35,7 +39,6 @@ from cnncodes.data.store import PartWriter, assemble_store
 from cnncodes.probe.stream import DEFAULT_EPOCHS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fashion_codes import fashion_store  # noqa: E402
 from fit_speed import _Item, wilson  # noqa: E402  (the fit benches share them)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,6 +87,39 @@ def run_fit(store: Path, out: Path, clf: str, *extra: str) -> dict[str, Any]:
     }
 
 
+def _peak_rss_mib() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_dask_fit(store: Path, out: Path, local_out: Path, *extra: str) -> tuple[dict[str, Any], str]:
+    """The streamed logreg on a local Dask cluster of 2 single-thread worker processes: its
+    result row, and a line on the workers' memory and the model against ``local_out``'s."""
+    from distributed import Client, LocalCluster
+
+    from cnncodes import load_model
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        result = run_fit(store, out, "logreg", "--stream", "--scheduler", cluster.scheduler_address, *extra)
+        with Client(cluster) as client:
+            workers = sorted(client.run(_peak_rss_mib).values())
+    on_dask, local = (load_model(path).pipeline for path in (out, local_out))
+    differences = [
+        np.abs(getattr(on_dask[step], name) - getattr(local[step], name)).max()
+        for step, name in (("scaler", "mean_"), ("scaler", "scale_"), ("classifier", "coef_"),
+                           ("classifier", "intercept_"))
+    ]
+    same = "bitwise equal to" if max(differences) == 0 else f"within {max(differences):.2g} of"
+    line = (
+        f"On Dask, the scaler and coefficients were {same} the local streamed logreg's; "
+        f"the workers' peak RSS was {' and '.join(f'{w:.0f}' for w in workers)} MiB."
+    )
+    return result, line
+
+
 def scaled_store(source: Path, folder: Path, repeats: int) -> Path:
     """A store of the source's train codes (the first 8,000 train rows ``repeats`` times,
     the other 2,000 as val) and its test codes, written part by part."""
@@ -117,8 +153,22 @@ def scaled_store(source: Path, folder: Path, repeats: int) -> Path:
     )
 
 
+def cached_fashion_store() -> Path:
+    """The store's path, extracted first if needed in a child process: the fits below are
+    children of this process, and a child's peak RSS counts this process's memory at the
+    fork, which extraction would have grown."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+        "from fashion_codes import fashion_store; print(fashion_store())"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout
+    return Path(output.strip().splitlines()[-1])
+
+
 def main() -> None:
-    store = fashion_store(progress=True)
+    store = cached_fashion_store()
     load = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +182,12 @@ def main() -> None:
                 )
                 rows.append({"fit": name, **result})
                 print(rows[-1], flush=True)
+        print("fit --clf logreg --stream --scheduler (local Dask cluster) ...", flush=True)
+        result, dask_line = run_dask_fit(
+            store, folder / "dask", folder / "fit_--clf_logreg_--stream"
+        )
+        rows.append({"fit": "fit --clf logreg --stream --scheduler (2 Dask workers)", **result})
+        print(rows[-1], dask_line, flush=True)
         scale = []
         for repeats in (1, 10):
             path = scaled_store(store, folder, repeats)
@@ -165,6 +221,10 @@ def main() -> None:
             "In-memory minus streamed test accuracy: "
             + ", ".join(f"{clf} {gap * 100:+.2f} points" for clf, gap in gaps.items())
             + ".",
+            "",
+            "The `--scheduler` row ran on a `distributed.LocalCluster` of 2 worker processes with "
+            "1 thread each on the same machine (its peak RSS is the fit process's, which holds "
+            "no codes; the workers read them). " + dask_line,
             "",
             "## Peak memory at 10x the rows",
             "",

@@ -82,8 +82,12 @@ def test_a_store_the_workers_cannot_open_is_one_line(
     a file descriptor open here; in a worker process the same path leads nowhere."""
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("needs /proc/self/fd (Linux)")
+    import resource
+
+    # A high number, which no worker process has open.
+    high = min(900, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1)
     opened = os.open(digits_store, os.O_RDONLY)
-    descriptor = os.dup2(opened, 900)
+    descriptor = os.dup2(opened, high)
     try:
         path = f"/proc/self/fd/{descriptor}"
         # The scheduler from Dask's own environment variable, as a Dask user would set it.

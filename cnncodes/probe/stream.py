@@ -1,8 +1,8 @@
 """A linear probe fitted beyond RAM: the store's codes are read in row chunks, never whole.
 
-:func:`fit_streamed` is ``fit --stream``: one pass fits a StandardScaler by ``partial_fit``,
-then every epoch reads the store once, chunk by chunk in a seeded random order (rows
-shuffled within each chunk), and feeds each chunk to every candidate model at once: an
+:func:`fit_streamed` is ``fit --stream``: one pass fits a StandardScaler from per-chunk
+moments, then every epoch reads the store once, chunk by chunk in a seeded random order
+(rows shuffled within each chunk), and feeds each chunk to every candidate model at once: an
 ``SGDClassifier`` (log loss for ``logreg``, hinge for ``linear_svm``) per value of C and
 per training set. C maps to SGD's penalty as ``alpha = 1 / (C * n_train)``. The split
 rules are :func:`cnncodes.fit_pipeline`'s: train on ``train``, select on ``val`` when the
@@ -11,6 +11,10 @@ train rows outside that fold, scaled by a scaler of their own); a last pass scor
 val and test. Memory grows with ``chunk_rows`` and the number of candidates, not with the
 number of rows (labels, splits and paths aside). The run folder is ``fit``'s: a plain
 ``Pipeline(StandardScaler, SGDClassifier)`` that ``cnncodes predict`` and ``report`` read.
+
+The per-chunk work lives in :mod:`cnncodes.probe.chunks` and runs through a runner: in this
+process, or with ``scheduler`` on a Dask cluster (:mod:`cnncodes.probe.dask_fit`), whose
+workers train the same models.
 """
 
 from __future__ import annotations
