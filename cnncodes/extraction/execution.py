@@ -7,10 +7,13 @@ extraction and into the store's attributes (``execution``); a resumed run reuses
 
 Defaults per device, from ``bench/extract_limit.py`` (results in bench/results/):
 
+- Everywhere: batch norms folded into the convolutions before them (the same function,
+  rounded differently; one pass over each activation map fewer).
 - CPU: channels-last memory (oneDNN's preferred layout for convolutions) at a small
   batch; on a CPU the largest batch is not the fastest, as activations fall out of cache.
   Decoding runs in the main process on two cores or fewer, where the forward pass needs
-  both, and in worker processes at lowered priority beyond that.
+  both, by as many threads as the forward pass has (each batch is decoded on every core,
+  then encoded on every core), and in worker processes at lowered priority beyond that.
 - CUDA: channels-last at batch 32, decoding workers on the spare cores.
 """
 
@@ -47,6 +50,11 @@ class Execution:
         channels_last: model and images in channels-last memory format.
         workers: DataLoader decoding processes (0: decode in the main process).
         worker_nice: niceness added to each decoding worker.
+        fold_norms: eval batch norms folded into the convolutions before them
+            (:meth:`~cnncodes.nets.layers.CodeExtractor.folded`).
+        decode_threads: threads that decode a batch in the main process (with no
+            workers): as many as the forward pass has, so that both phases of the loop,
+            decoding a batch and encoding it, use every core.
         decoder: the JPEG decoder (``pil`` or ``simplejpeg X.Y``).
         threads: torch intra-op threads of the forward pass.
         ranks: extraction processes on this node (torchrun's ``--nproc-per-node``).
@@ -59,6 +67,8 @@ class Execution:
     decoder: str
     threads: int
     ranks: int = 1
+    decode_threads: int = 1
+    fold_norms: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,14 +88,18 @@ def plan_execution(device: torch.device, *, batch_size: int | None = None,
     """The default execution on ``device`` for one of ``ranks`` processes on this node;
     explicit ``batch_size`` / ``workers`` win."""
     cuda = device.type == "cuda"
+    workers = default_workers(device, ranks) if workers is None else workers
+    threads = torch.get_num_threads()
     return Execution(
         batch_size=batch_size or (CUDA_BATCH if cuda else CPU_BATCH),
         channels_last=True,
-        workers=default_workers(device, ranks) if workers is None else workers,
+        workers=workers,
         worker_nice=0 if cuda else WORKER_NICE,
         decoder=decoder_name(),
-        threads=torch.get_num_threads(),
+        threads=threads,
         ranks=ranks,
+        decode_threads=1 if workers else threads,
+        fold_norms=True,
     )
 
 
@@ -98,7 +112,9 @@ def reuse_execution(folder: Path, planned: Execution, *, explicit: set[str]) -> 
     chosen = planned
     try:
         earlier = json.loads(record.read_text(encoding="utf-8"))
-        recorded = Execution(**{key: earlier[key] for key in planned.as_dict()})
+        # A record from an older version lacks the newer settings: their defaults are
+        # what that run did (e.g. no folded norms), so the resumed parts match its own.
+        recorded = Execution(**{key: earlier[key] for key in planned.as_dict() if key in earlier})
     except (OSError, ValueError, KeyError, TypeError):
         recorded = None
     if recorded is not None:
@@ -106,6 +122,7 @@ def reuse_execution(folder: Path, planned: Execution, *, explicit: set[str]) -> 
         # The decoder, threads and ranks are what this run has, not a choice to replay.
         chosen = replace(recorded, decoder=planned.decoder, threads=planned.threads,
                          ranks=planned.ranks, **keep)
+        chosen = replace(chosen, decode_threads=1 if chosen.workers else chosen.threads)
         if chosen != recorded:
             log("extract", f"resuming with {_differences(recorded, chosen)}")
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import shutil
 import time
@@ -342,9 +343,17 @@ def _empty_class_notes(store: CodeStore) -> list[str]:
 
 
 def _code_dims(extractor: CodeExtractor, backbone: Backbone) -> dict[str, int]:
+    """Each layer's code width, from a forward pass on the meta device: shapes only, no
+    arithmetic (a real pass on one image cost about a second of start-up on a CPU)."""
     size = backbone.input_size
+    state = {name: torch.empty_like(tensor, device="meta") for name, tensor in
+             itertools.chain(extractor.named_parameters(), extractor.named_buffers())}
     with torch.inference_mode():
-        outputs = extractor(torch.zeros(1, 3, size, size))
+        try:
+            outputs = torch.func.functional_call(
+                extractor, state, (torch.empty(1, 3, size, size, device="meta"),))
+        except (NotImplementedError, RuntimeError):  # an operation with no meta kernel
+            outputs = extractor(torch.zeros(1, 3, size, size))
     return {name: int(value.shape[1]) for name, value in outputs.items()}
 
 
@@ -380,8 +389,9 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
     workers = execution.workers
     preprocessing = split_preprocessing(plan.backbone.transform)
     positions = [p for start, end in todo for p in range(start, end)]
+    dataset = ImageDataset(source, positions, preprocessing.image, execution.decode_threads)
     loader = torch.utils.data.DataLoader(
-        ImageDataset(source, positions, preprocessing.image),
+        dataset,
         batch_size=execution.batch_size,
         num_workers=workers,
         collate_fn=collate_items,
@@ -389,7 +399,8 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
         prefetch_factor=4 if workers else None,
         worker_init_fn=partial(lower_priority, execution.worker_nice) if workers else None,
     )
-    extractor = runtime.place(plan.extractor)
+    extractor = runtime.place(plan.extractor.folded()[0] if execution.fold_norms
+                              else plan.extractor)
     parts = _PartBuffer(writer, dims, todo)
     bar = Progress(
         total=done + len(positions), initial=done, unit="img",
@@ -398,7 +409,7 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
     )
     n_skipped, threads = 0, torch.get_num_threads()
     governor = ThreadGovernor(threads if runtime.device.type == "cpu" else 1)
-    with bar, torch.inference_mode(), _restored_threads(threads):
+    with bar, torch.inference_mode(), _restored_threads(threads), contextlib.closing(dataset):
         for batch in loader:
             codes: dict[str, np.ndarray] = {}
             if batch["images"] is not None:
