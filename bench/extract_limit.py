@@ -61,7 +61,10 @@ started = time.perf_counter()
 try:
     main(sys.argv[2:], standalone_mode=False)
 finally:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not RUSAGE_SELF: Linux carries ru_maxrss across exec, so RUSAGE_SELF would
+    # report this bench's own size at the fork that started the process.
+    with open("/proc/self/status") as status:
+        own = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     with open(sys.argv[1], "w") as report:
         report.write(f"{own} {kids}")
