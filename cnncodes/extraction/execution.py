@@ -33,7 +33,7 @@ from ..progress import log
 
 __all__ = ["Execution", "ThreadGovernor", "lower_priority", "plan_execution", "reuse_execution"]
 
-CPU_BATCH = 16  # best or within 3% of the best on both CPUs measured (bench/results/extract_limit.md)
+CPU_BATCH = 8  # the best or within 1% of it for lite0 and resnet18 here (bench/results/extract_limit.md)
 CUDA_BATCH = 32  # measured on an H100 (bench/results/extract_gpu.md); not re-tuned since
 WORKER_NICE = 10
 """Niceness added to decoding workers on a CPU run: they use what the forward leaves."""
