@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cnncodes import CnnCodesError, open_source
+from cnncodes.data.decode import DECODING
 from tests.conftest import write_image_folder
 
 
@@ -41,6 +46,52 @@ def test_fingerprint_changes_when_a_file_changes(tiny_folder: Path) -> None:
     target = next((tiny_folder / "cats").iterdir())
     target.write_bytes(target.read_bytes() + b"\0")
     assert open_source(tiny_folder).fingerprint != before
+
+
+def _linked_tree(root: Path) -> dict[str, str]:
+    """train/val with two classes, a stray text file, file links (to a listed file and,
+    twice, to one outside the tree), a broken link, and a file dated past 2262 (its
+    mtime in nanoseconds is past 64 bits); returns the reasons listing must give."""
+    for folder in ("train/a", "train/b", "val/a"):
+        (root / folder).mkdir(parents=True)
+    for name in ("train/a/1.jpg", "train/b/2.jpg", "val/a/3.jpg", root.parent / "outside.jpg"):
+        (root / name).write_bytes(b"image bytes " + str(name).encode())
+    (root / "train/a/notes.txt").write_text("not an image\n")
+    (root / "train/a/z_link.jpg").symlink_to(root / "train/a/1.jpg")
+    (root / "train/b/l1.jpg").symlink_to(root.parent / "outside.jpg")
+    (root / "val/a/l2.jpg").symlink_to(root.parent / "outside.jpg")
+    (root / "val/a/broken.jpg").symlink_to(root / "nowhere.jpg")
+    far = 10**19  # nanoseconds: the year 2286
+    with contextlib.suppress(OSError, OverflowError):  # a file system may refuse the date
+        os.utime(root / "val/a/3.jpg", ns=(far, far))
+    return {
+        "train/a/notes.txt": "not an image type cnncodes reads (.txt)",
+        "train/a/z_link.jpg": "same file as 'train/a/1.jpg' (symlink); listed once",
+        "val/a/broken.jpg": f"broken symlink (points to {root / 'nowhere.jpg'})",
+        "val/a/l2.jpg": "same file as 'train/b/l1.jpg' (symlink); listed once",
+    }
+
+
+def test_folder_fingerprint_is_the_digest_of_the_listing_in_walk_order(tmp_path: Path) -> None:
+    """The fingerprint decides whether a store is reused, so it must not drift: the
+    sha256 of the JSON list of kind, decoder, classes and, in the order the folders are
+    walked (by name), each file's path, label, split, reason and [size, mtime_ns]."""
+    root = tmp_path / "data"
+    reasons = _linked_tree(root)
+    source = open_source(root)
+    walked = []
+    for split in ("train", "val"):
+        for label, name in enumerate(["a", "b"]):
+            folder = root / split / name
+            for file in sorted(os.listdir(folder)) if folder.exists() else []:
+                path = f"{split}/{name}/{file}"
+                info = os.lstat(root / path) if file == "broken.jpg" else os.stat(root / path)
+                walked.append([path, label, split, reasons.get(path, ""),
+                               [info.st_size, info.st_mtime_ns]])
+    text = json.dumps(["folder", DECODING, ["a", "b"], *walked])
+    assert source.fingerprint == hashlib.sha256(text.encode()).hexdigest()[:16]
+    got = [[it.path, it.label, it.split, it.skip_reason] for it in source.items]
+    assert got == sorted(([p, lab, s, r] for p, lab, s, r, _ in walked), key=lambda r: (r[2], r[0]))
 
 
 def test_csv_manifest(tmp_path: Path) -> None:

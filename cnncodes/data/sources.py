@@ -9,18 +9,20 @@ file that cannot be used becomes a reported skip, never an abort.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import errno
 import gzip
 import hashlib
 import io
-import itertools
 import json
+import operator
 import os
 import stat
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -259,15 +261,31 @@ def _first_per_split(items: list[Item], limit: int) -> list[Item]:
 
 
 def _digest(parts: Iterable[Any]) -> str:
-    """sha256 of the JSON list of ``parts``, fed element by element: the same digest as
-    ``json.dumps(list(parts))`` without building that string (a million paths)."""
-    digest = hashlib.sha256(b"[")
-    for index, part in enumerate(parts):
-        if index:
-            digest.update(b", ")
-        digest.update(json.dumps(part, default=str).encode())
-    digest.update(b"]")
-    return digest.hexdigest()[:16]
+    """The fingerprint of ``parts``: see :class:`_ListDigest`."""
+    digest = _ListDigest()
+    for part in parts:
+        digest.add(part)
+    return digest.hexdigest()
+
+
+class _ListDigest:
+    """sha256 of the JSON list of the parts added one by one: the same digest as
+    ``json.dumps(parts)`` without building that string (a million paths), first 16 hex."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256(b"[")
+        self._empty = True
+
+    def add(self, part: Any) -> None:
+        if not self._empty:
+            self._hash.update(b", ")
+        self._empty = False
+        self._hash.update(json.dumps(part, default=str).encode())
+
+    def hexdigest(self) -> str:
+        final = self._hash.copy()
+        final.update(b"]")
+        return final.hexdigest()[:16]
 
 
 def _stat_key(path: Path) -> list[Any]:
@@ -340,12 +358,18 @@ class _Walker:
 
     def __init__(self, root: Path) -> None:
         self.root = os.path.abspath(root)
+        self.prefix = os.path.join(self.root, "")
         self.real_root = os.path.realpath(self.root)
         self.walked = {self.real_root}
         self.warnings: list[str] = []
 
     def shown(self, path: str) -> str:
         return display_path(os.path.relpath(path, self.root))
+
+    def relative(self, path: str) -> str:
+        """``os.path.relpath(path, root)`` of a path the walk found (the root joined with
+        names), without relpath's cost for each of a million files."""
+        return path[len(self.prefix):] if path.startswith(self.prefix) else os.path.relpath(path, self.root)
 
     def entries(self, folder: str) -> tuple[list[str], list[tuple[str, bool]]]:
         """The sub-folders to walk and the files (path, is a link) of ``folder``."""
@@ -425,51 +449,129 @@ def _open_folder(root: Path, require_labels: bool) -> ImageSource:
             f"Source {display_path(str(root))!r} has no class folders; training needs one "
             "sub-folder per class (optionally under train/, val/, test/)."
         )
-    found: list[tuple[_Found, int, str]] = []
-    groups: list[tuple[str, range]] = []  # (what, positions in found) for the warnings
+    listing = _Listing(walker, classes)
+    groups: list[tuple[str, range]] = []  # (what, positions in the listing) for the warnings
     loose = top_files if has_split else []  # files beside the split folders
     for split, (folders, files) in layout.items():
         if not classes:  # a folder of images without classes: unlabeled, for prediction
-            found += [(_examine(path, link), -1, split) for path, link in files]
+            for path, link in files:
+                listing.add(path, link, -1, split)
             continue
         loose = loose + files
         for label, name in enumerate(classes):
             if name in folders:
-                start = len(found)
-                found += [(_examine(p, link), label, split) for p, link in walker.files(folders[name])]
-                groups.append((f"Class folder {walker.shown(folders[name])!r}", range(start, len(found))))
+                start = len(listing.items)
+                for path, link in walker.files(folders[name]):
+                    listing.add(path, link, label, split)
+                groups.append((f"Class folder {walker.shown(folders[name])!r}", range(start, len(listing.items))))
     images_beside = [p for p, _ in loose if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS]
     if classes and images_beside:
         walker.warnings.append(
             f"{len(images_beside)} image(s) lie outside any class folder and are not used "
             f"(first: {walker.shown(images_beside[0])!r}); move them into a class folder."
         )
-    _drop_linked_duplicates([f for f, _, _ in found], walker)
-    items = [
-        Item(os.path.relpath(f.path, walker.root).replace(os.sep, "/"), label, split, f.reason)
-        for f, label, split in found
-    ]
+    listing.drop_linked_duplicates()
+    items = listing.items
     warnings = walker.warnings + _empty_group_warnings(items, groups, has_split)
-    fingerprint = _digest(itertools.chain(
-        ["folder", DECODING, classes],
-        ([it.path, it.label, it.split, it.skip_reason, f.key] for it, (f, _, _) in zip(items, found)),
-    ))
-    del found  # a million listed files: free them before the sort
-    order = {s: i for i, s in enumerate(SPLITS)}
-    items.sort(key=lambda it: (order.get(it.split, -1), it.path))
+    fingerprint = listing.fingerprint()
+    del listing  # a million stat keys: free them before the sort
+    _sort_by_split_and_path(items)
     return ImageSource(root.resolve(), "folder", items, classes, fingerprint, has_split, warnings=warnings)
 
 
-def _drop_linked_duplicates(found: list[_Found], walker: _Walker) -> None:
-    """A file link to a file listed anyway is skipped, so each image is stored once."""
-    first: dict[tuple[int, int], str] = {}
-    for entry in sorted(found, key=lambda f: f.link):  # real files claim their image first
-        if entry.reason or entry.identity is None:
-            continue
-        if entry.link and entry.identity in first:
-            entry.reason = f"same file as {walker.shown(first[entry.identity])!r} (symlink); listed once"
+_INT64 = range(-(2**63), 2**63)
+
+
+class _Listing:
+    """The files of a folder source in the order found, kept small for a million of them.
+
+    ``items`` are the items themselves (paths relative to the root). Each file goes into
+    the fingerprint as it is found, unless a file link was found before it: a link's
+    reason is only known once every file is (:meth:`drop_linked_duplicates`), and the
+    fingerprint keeps the order found, so from the first link on the stat keys wait in
+    typed arrays. The (device, inode) identities for the link check are kept likewise:
+    inodes in an array, devices as runs of files on one device.
+    """
+
+    def __init__(self, walker: _Walker, classes: list[str]) -> None:
+        self.walker = walker
+        self.items: list[Item] = []
+        self.digest = _ListDigest()
+        for part in ("folder", DECODING, classes):
+            self.digest.add(part)
+        self.settled = 0  # items before this position are in the digest already
+        self.sizes, self.mtimes = array("q"), array("q")  # stat keys, from ``settled`` on
+        self.keys_apart: dict[int, list[Any] | None] = {}  # no stat key, or one past 64 bits
+        self.inodes = array("Q")
+        self.devices: list[tuple[int, int]] = []  # (first position, device) of each run
+        self.links: list[int] = []
+
+    def add(self, path: str, link: bool, label: int, split: str) -> None:
+        found = _examine(path, link)
+        position = len(self.items)
+        item = Item(self.walker.relative(path).replace(os.sep, "/"), label, split, found.reason)
+        self.items.append(item)
+        device, inode = found.identity or (self.devices[-1][1] if self.devices else 0, 0)
+        self.inodes.append(inode)  # 0 for a file skipped already: never compared
+        if not self.devices or self.devices[-1][1] != device:
+            self.devices.append((position, device))
+        pending = link and not found.reason
+        if pending:
+            self.links.append(position)
+        if self.settled == position and not pending:
+            self.digest.add([item.path, item.label, item.split, item.skip_reason, found.key])
+            self.settled += 1
+        elif found.key is not None and found.key[0] in _INT64 and found.key[1] in _INT64:
+            self.sizes.append(found.key[0])
+            self.mtimes.append(found.key[1])
         else:
-            first.setdefault(entry.identity, entry.path)
+            self.sizes.append(0)
+            self.mtimes.append(0)
+            self.keys_apart[position] = found.key
+
+    def identity(self, position: int) -> tuple[int, int]:
+        run = bisect.bisect_right(self.devices, position, key=lambda run: run[0]) - 1
+        return self.devices[run][1], self.inodes[position]
+
+    def drop_linked_duplicates(self) -> None:
+        """A file link to a file listed anyway is skipped, so each image is stored once:
+        real files claim their image first, then links in the order found."""
+        identity = self.identity
+        wanted = {identity(i) for i in self.links}
+        if not wanted:
+            return
+        first: dict[tuple[int, int], int] = {}
+        links = set(self.links)
+        for position, item in enumerate(self.items):
+            if not item.skip_reason and position not in links and identity(position) in wanted:
+                first.setdefault(identity(position), position)
+        for position in self.links:
+            claimed = first.setdefault(identity(position), position)
+            if claimed != position:
+                shown = display_path(self.items[claimed].path.replace("/", os.sep))
+                self.items[position] = replace(
+                    self.items[position], skip_reason=f"same file as {shown!r} (symlink); listed once"
+                )
+
+    def fingerprint(self) -> str:
+        """The digest, once :meth:`drop_linked_duplicates` has settled every reason."""
+        for position in range(self.settled, len(self.items)):
+            item = self.items[position]
+            if position in self.keys_apart:
+                key = self.keys_apart[position]
+            else:
+                key = [self.sizes[position - self.settled], self.mtimes[position - self.settled]]
+            self.digest.add([item.path, item.label, item.split, item.skip_reason, key])
+        return self.digest.hexdigest()
+
+
+def _sort_by_split_and_path(items: list[Item]) -> None:
+    """Sort by split (train, val, test; none first), then path: by path, then stably by
+    split, which is the same order as one sort on (split, path) without a key tuple per
+    item."""
+    order = {s: i for i, s in enumerate(SPLITS)}
+    items.sort(key=operator.attrgetter("path"))
+    items.sort(key=lambda it: order.get(it.split, -1))
 
 
 def _empty_group_warnings(items: list[Item], groups: list[tuple[str, range]], has_split: bool) -> list[str]:
