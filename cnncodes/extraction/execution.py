@@ -98,9 +98,15 @@ def plan_execution(device: torch.device, *, batch_size: int | None = None,
         decoder=decoder_name(),
         threads=threads,
         ranks=ranks,
-        decode_threads=1 if workers else threads,
+        decode_threads=_decode_threads(workers, threads),
         fold_norms=True,
     )
+
+
+def _decode_threads(workers: int, threads: int) -> int:
+    """Threads decoding a batch in the main process: the forward pass's with no decoding
+    workers, else one (each worker decodes its own batches)."""
+    return 1 if workers else threads
 
 
 def reuse_execution(folder: Path, planned: Execution, *, explicit: set[str]) -> Execution:
@@ -120,9 +126,10 @@ def reuse_execution(folder: Path, planned: Execution, *, explicit: set[str]) -> 
     if recorded is not None:
         keep = {key: getattr(planned, key) for key in explicit}
         # The decoder, threads and ranks are what this run has, not a choice to replay.
+        workers = keep.get("workers", recorded.workers)
         chosen = replace(recorded, decoder=planned.decoder, threads=planned.threads,
-                         ranks=planned.ranks, **keep)
-        chosen = replace(chosen, decode_threads=1 if chosen.workers else chosen.threads)
+                         ranks=planned.ranks,
+                         decode_threads=_decode_threads(workers, planned.threads), **keep)
         if chosen != recorded:
             log("extract", f"resuming with {_differences(recorded, chosen)}")
     folder.mkdir(parents=True, exist_ok=True)

@@ -173,8 +173,8 @@ class CodeExtractor(nn.Module):
 
         An eval batch norm is a fixed per-channel scale and shift, so it can be applied
         to the convolution's weights and bias once instead of to every activation map:
-        the same function, rounded differently (codes within 1e-5 of the unfolded ones,
-        tests/test_execution.py), and a forward pass that skips one full read and write
+        the same function, rounded differently (codes within 1e-5 of the largest unfolded
+        code, tests/test_execution.py), and a forward pass that skips one full read and write
         of each of those maps. A norm is folded only when its convolution feeds nothing
         else and is not itself a tapped layer, so every returned code keeps its meaning.
         The copy is for inference only. Returns it and the number of norms folded.
