@@ -74,6 +74,15 @@ def layers(model: str, weights: str, pool: str) -> None:
               help="Skip images with more pixels than this as decompression bombs "
               "(default 178,956,970, PIL's limit).")
 @click.option("--part-size", default=512, show_default=True, help="Images per crash-safe part file.")
+@click.option("--views", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also store K augmented views of each training image (random resized "
+              "crop of 25-100 %% of the area at the model's input size, then a left-right "
+              "flip half the time), each a row after its image's own; val and test images "
+              "get none. The store records each row's image (/source_index) and view "
+              "(/view, 0 = the image itself).")
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of the views: each view is drawn from (seed, image path, view "
+              "number), so resumed and torchrun-sharded runs store the same views.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out made with other settings.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr; skipped files are still listed there.")
 def extract(source: str, layers: tuple[str, ...], quiet: bool, **options: Any) -> None:
@@ -101,6 +110,7 @@ def extract(source: str, layers: tuple[str, ...], quiet: bool, **options: Any) -
     status = "cache hit (no model run)" if result.cached else (
         f"{result.n_images} images in {result.seconds:.1f}s ({result.images_per_second:.1f} img/s)"
         + (f", resumed with {result.resumed_from} images already done" if result.resumed_from else "")
+        + (f"; {result.n_views} of the rows are augmented views" if result.n_views else "")
     )
     if not quiet:
         click.echo(f"{result.path}: {status}", err=True)
@@ -135,6 +145,11 @@ def info(store: str, fmt: str) -> None:
             for layer in value:
                 spec = f" (as --layer {layer['spec']})" if layer["spec"] is not None else ""
                 click.echo(f"{'layer':>18}: {layer['name']}{spec}: {layer['rows']} x {layer['dim']}")
+        elif key == "views":
+            if value is not None:
+                click.echo(f"{key:>18}: {value['count']} per image ({value['policy']}, seed "
+                           f"{value['seed']}): {value['augmented_rows']} augmented rows of "
+                           f"{value['images']} images; {value['augment']}")
         elif key in ("classes", "split"):
             if value is not None:
                 click.echo(f"{key:>18}: " + ", ".join(f"{k} {n}" for k, n in value.items()))

@@ -108,6 +108,12 @@ def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
               help="Format of the predictions printed on stdout.")
 @click.option("--batch-size", "-b", type=int, help="Images per forward pass (default: 8 on a CPU, 32 on CUDA).")
 @device_option
+@click.option("--tta", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Test-time augmentation with K views: average the probabilities of each "
+              "image, its left-right flip (K=1) and K-1 further seeded views (random resized "
+              "crop + flip, as extract --views makes); 0: the image alone. Needs images, "
+              "not a store, and a fit run.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the --tta views.")
 @click.option("--trust", "trusted", multiple=True,
               help="A type name in the model file to load although it is not one of the "
               "shipped pipelines' (only for files you made yourself). Repeatable.")

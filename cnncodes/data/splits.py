@@ -48,7 +48,8 @@ def carve_validation(
     Within each class the paths are ordered by a seeded hash of the path and the first
     ``round(fraction * n)`` (at least one, none of a class of one) are held out. The
     result depends only on the (path, label) pairs, ``fraction`` and ``seed``, not on their
-    order: a code store's training rows and a source's readable training items give the
+    order or repetition (a store's augmented views repeat their image's path: the share is
+    of images, and a held-out path takes every view of its image with it): a code store's training rows and a source's readable training items give the
     same set, which is how ``compare`` validates all four strategies on the same images.
 
     Args:
@@ -63,7 +64,7 @@ def carve_validation(
     if not 0 < fraction < 1:
         raise CnnCodesError(f"val_fraction must be in (0, 1); got {fraction!r}.")
     by_class: dict[int, list[str]] = {}
-    for path, label in zip(paths, labels, strict=True):
+    for path, label in dict.fromkeys(zip(paths, labels, strict=True)):
         by_class.setdefault(int(label), []).append(path)
     held_out: list[str] = []
     for members in by_class.values():

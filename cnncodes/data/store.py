@@ -9,6 +9,10 @@ Layout (readable with plain h5py)::
                          are not UTF-8 appear escaped as \\xNN
     /paths_raw           bytes [N]: the exact file-name bytes (os.fsencode) of each row
     /split               utf-8 [N] (only when the source has train/val/test)
+    /source_index        int64 [N] (only with augmented views): each row's image, as its
+                         position in the source listing; rows of one image share it
+    /view                int64 [N] (only with augmented views): 0 = the image itself,
+                         1.. = an augmented view of it (attribute ``views`` says how made)
     /skipped/path, /skipped/reason   utf-8 [K]: every image that was not encoded, and why
     /skipped/path_raw    bytes [K]: the exact file-name bytes of each skipped image
     attributes           format_version (2), attributes_sha256, cnncodes_version, backbone,
@@ -274,8 +278,14 @@ def assemble_store(
     classes: Sequence[str],
     has_split: bool,
     attrs: dict[str, Any],
+    views: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
-    """Join the finished parts into one HDF5 store, streaming part by part."""
+    """Join the finished parts into one HDF5 store, streaming part by part.
+
+    Positions are rows: ``items[p]`` is row ``p``'s image; with ``views`` (the source
+    position and view number of every position) ``/source_index`` and ``/view`` are
+    written, and an unreadable image is listed once in ``/skipped``, not once per view.
+    """
     parts = writer.parts()
     total = 0
     for _, _, path in parts:
@@ -309,13 +319,10 @@ def assemble_store(
             skipped += zip(part["skipped_positions"].tolist(), part["skipped_reasons"])
             row += count
         _check_coverage(writer.folder, positions, len(skipped), len(items))
-        order: list[int] = positions.tolist()
-        _create(store, "labels", np.array([items[p].label for p in order], dtype=np.int64))
         _create(store, "classes", _text(classes))
-        _create(store, "paths", _text(items[p].path for p in order))
-        _create(store, "paths_raw", _raw(items[p].path for p in order))
-        if has_split:
-            _create(store, "split", _text(items[p].split for p in order))
+        _write_rows(store, items, positions.tolist(), has_split, views)
+        if views is not None:  # an unreadable image once, not once per view
+            skipped = [(p, r) for p, r in skipped if views[1][p] == 0]
         _create(store, "skipped/path", _text(items[p].path for p, _ in skipped))
         _create(store, "skipped/path_raw", _raw(items[p].path for p, _ in skipped))
         _create(store, "skipped/reason", _text(r for _, r in skipped))
@@ -336,6 +343,19 @@ def assemble_store(
     os.replace(temporary, out)
     shutil.rmtree(writer.folder, ignore_errors=True)
     return out
+
+
+def _write_rows(store: h5py.File, items: Sequence[Any], order: list[int], has_split: bool,
+                views: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """Labels, paths, split and (with views) source image and view of every row."""
+    _create(store, "labels", np.array([items[p].label for p in order], dtype=np.int64))
+    _create(store, "paths", _text(items[p].path for p in order))
+    _create(store, "paths_raw", _raw(items[p].path for p in order))
+    if has_split:
+        _create(store, "split", _text(items[p].split for p in order))
+    if views is not None:
+        _create(store, "source_index", views[0][order].astype(np.int64))
+        _create(store, "view", views[1][order].astype(np.int64))
 
 
 # --- reading ----------------------------------------------------------------------------
@@ -444,7 +464,7 @@ class CodeStore:
         layers = self.layers
         required = ["labels", "classes", "paths", "skipped/path", "skipped/reason",
                     *(f"codes/{layer}" for layer in layers)]
-        optional = ["paths_raw", "split", "skipped/path_raw"]
+        optional = ["paths_raw", "split", "skipped/path_raw", "source_index", "view"]
         for group in ("codes", "skipped"):
             if not isinstance(handle.get(group, getlink=True), (h5py.HardLink, type(None))):
                 raise refuse(f"has /{group} that links outside the file")
@@ -469,7 +489,8 @@ class CodeStore:
         rows = handle["labels"].shape
         if len(rows) != 1:
             raise refuse(f"has /labels of shape {rows}, not one label per image")
-        for key in ("paths", "paths_raw", "split", *(f"codes/{layer}" for layer in layers)):
+        for key in ("paths", "paths_raw", "split", "source_index", "view",
+                    *(f"codes/{layer}" for layer in layers)):
             if key in handle:
                 shape = handle[key].shape
                 if not shape or shape[0] != rows[0] or (key.startswith("codes/") and len(shape) != 2):
@@ -583,6 +604,28 @@ class CodeStore:
         return values
 
     @property
+    def views(self) -> np.ndarray:
+        """Each row's view: 0 the image itself, 1.. an augmented view of it (all 0 in a
+        store extracted without ``--views``)."""
+        if "view" not in self._file:
+            return np.zeros(len(self), dtype=np.int64)
+        return self._read("view").astype(np.int64, copy=False)
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Each row's source image as a number: rows that share it are views of one
+        image (every row its own number in a store without views)."""
+        if "source_index" not in self._file:
+            return np.arange(len(self), dtype=np.int64)
+        return self._read("source_index").astype(np.int64, copy=False)
+
+    @property
+    def view_settings(self) -> dict[str, Any] | None:
+        """How the views were made (count, seed, policy, augmentation), or None."""
+        settings = self.attrs.get("views")
+        return settings if isinstance(settings, dict) else None
+
+    @property
     def skipped(self) -> list[tuple[str, str]]:
         return list(zip(_decode(self._read("skipped/path")), _decode(self._read("skipped/reason"))))
 
@@ -618,8 +661,10 @@ class CodeStore:
     def summary(self) -> dict[str, Any]:
         """What ``cnncodes info`` shows: provenance, layers, class and split counts, skips."""
         attrs, classes = self.attrs, self.classes
-        labels = collections.Counter(self.labels.tolist())
+        images = self.views == 0  # classes and splits count images, not their views
+        labels = collections.Counter(self.labels[images].tolist())
         split = self.split
+        split = split[images] if split is not None else None
         summary: dict[str, Any] = {key: attrs.get(key, "") for key in (
             "backbone", "weights", "weights_sha256", "pooling", "preprocessing", "source",
             "source_kind", "source_fingerprint", "precision", "cnncodes_version", "created",
@@ -634,6 +679,11 @@ class CodeStore:
             for i, n in sorted(labels.items())
         }
         summary["split"] = dict(collections.Counter(split.tolist())) if split is not None else None
+        views = self.view_settings
+        if views is not None:
+            counts = np.bincount(np.minimum(self.views, 1), minlength=2)
+            views = {**views, "images": int(counts[0]), "augmented_rows": int(counts[1])}
+        summary["views"] = views
         summary["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
         return summary
 

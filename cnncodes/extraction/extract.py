@@ -46,6 +46,7 @@ from .shards import (
     shard_from_env,
     thread_budget,
 )
+from .views import ViewPlan, view_dataset, view_rows
 
 __all__ = ["ExtractConfig", "ExtractResult", "default_workers", "extract"]
 
@@ -74,6 +75,11 @@ class ExtractConfig:
         part_size: images per crash-safe part file (what a killed run can lose at most).
         overwrite: replace an existing store at ``out`` made with other settings.
         progress: show a tqdm progress bar.
+        views: augmented views stored after each training image's own row (see
+            :mod:`cnncodes.extraction.views`); 0: one row per image.
+        seed: the seed of the views (each view's randomness comes from (seed, path, view)).
+        view_policy: ``train`` (views of training images only) or ``tta`` (of every image,
+            view 1 the plain flip: what ``predict --tta`` extracts).
     """
 
     source: str
@@ -92,9 +98,13 @@ class ExtractConfig:
     part_size: int = 512
     overwrite: bool = False
     progress: bool = True
+    views: int = 0
+    seed: int = 0
+    view_policy: str = "train"
 
     def __post_init__(self) -> None:
         check_pool(self.pool)
+        ViewPlan(self.views, self.seed, self.view_policy)  # checks count and policy
         if self.batch_size is not None and self.batch_size < 1:
             raise CnnCodesError(f"batch_size must be at least 1; got {self.batch_size!r}.")
         if self.part_size < 1:
@@ -118,6 +128,7 @@ class ExtractResult:
     seconds: float
     resumed_from: int = 0
     warnings: list[str] = field(default_factory=list)
+    n_views: int = 0  # of the n_images rows, augmented views (extract --views)
 
     @property
     def images_per_second(self) -> float:
@@ -143,6 +154,16 @@ class _Plan:
     out: Path
     notes: list[str]
     node_names: list[str]
+    view_plan: ViewPlan
+    rows: tuple[np.ndarray, np.ndarray]  # (source position, view) of every row
+
+    @property
+    def row_items(self) -> list[Any]:
+        """The source item of every row (the items themselves when there are no views)."""
+        if not self.view_plan.count:
+            return self.source.items
+        items = self.source.items
+        return [items[position] for position in self.rows[0].tolist()]
 
 
 def extract(config: ExtractConfig | None = None, /, **options: Any) -> ExtractResult:
@@ -206,7 +227,7 @@ def _plan(config: ExtractConfig, shard: Shard) -> _Plan:
     ]
     for note in notes:
         warnings.warn(note, stacklevel=3)
-    key_parts = {
+    key_parts: dict[str, Any] = {
         "source_fingerprint": source.fingerprint,
         "backbone": backbone.name,
         "weights": backbone.weights,
@@ -216,6 +237,9 @@ def _plan(config: ExtractConfig, shard: Shard) -> _Plan:
         "preprocessing": backbone.preprocessing,
         "precision": runtime.precision_name,
     }
+    view_plan = ViewPlan(config.views, config.seed, config.view_policy)
+    if view_plan.count:  # left out otherwise: stores without views keep their keys
+        key_parts["views"] = view_plan.record()
     key = _store_key(key_parts)
     out = Path(config.out) if config.out else (
         default_cache_dir() / f"{safe_name(source.name)}-{safe_name(backbone.name)}-{key}.h5"
@@ -223,7 +247,8 @@ def _plan(config: ExtractConfig, shard: Shard) -> _Plan:
     if not config.out:  # an explicit --out was checked above, before the model loaded
         check_output_path(out)
     return _Plan(source, backbone, layers, runtime, extractor, dims, key_parts, key, out,
-                 notes + list(source.warnings), names)
+                 notes + list(source.warnings), names, view_plan,
+                 view_rows(source.items, view_plan))
 
 
 def _rank_runtime(runtime: Runtime, shard: Shard) -> Runtime:
@@ -240,7 +265,7 @@ def _extract_into_store(config: ExtractConfig, plan: _Plan, shard: Shard) -> Ext
     """Encode every image of this shard not yet in a finished part, then join the parts."""
     writer = PartWriter(plan.out.with_name(plan.out.name + ".parts"),
                         {"store_key": plan.key, **plan.key_parts})
-    owned = owned_parts(len(plan.source.items), config.part_size, shard)
+    owned = owned_parts(len(plan.rows[0]), config.part_size, shard)
     todo = missing_ranges(owned, [(start, end) for start, end, _ in writer.parts()])
     resumed_from = sum(end - start for start, end in owned) - sum(e - s for s, e in todo)
     started = time.perf_counter()
@@ -258,8 +283,9 @@ def _extract_into_store(config: ExtractConfig, plan: _Plan, shard: Shard) -> Ext
     with CodeStore(plan.out) as store:
         n_images, skipped = len(store), store.skipped
         notes = plan.notes + _empty_class_notes(store)
+        n_views = int(np.count_nonzero(store.views))
     return ExtractResult(plan.out, False, n_images, skipped, plan.layers, plan.dims,
-                         time.perf_counter() - started, resumed_from, notes)
+                         time.perf_counter() - started, resumed_from, notes, n_views)
 
 
 def _on_every_rank(shard: Shard, doing: str, step: Callable[[], None]) -> None:
@@ -306,8 +332,9 @@ def _join(config: ExtractConfig, plan: _Plan, writer: PartWriter, execution: Exe
     }
     _check_some_encoded(writer, plan.source)
     assemble_store(
-        writer, plan.out, layers=plan.layers, dims=plan.dims, items=plan.source.items,
+        writer, plan.out, layers=plan.layers, dims=plan.dims, items=plan.row_items,
         classes=plan.source.classes, has_split=plan.source.has_split, attrs=attrs,
+        views=plan.rows if plan.view_plan.count else None,
     )
 
 
@@ -367,6 +394,7 @@ def _cache_hit(out: Path, key: str, *, overwrite: bool, explicit: bool) -> Extra
                 return ExtractResult(
                     out, True, len(store), store.skipped, layers,
                     {name: store.dim(name) for name in layers}, 0.0,
+                    n_views=int(np.count_nonzero(store.views)),
                 )
     except CnnCodesError:
         pass
@@ -389,7 +417,12 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
     workers = execution.workers
     preprocessing = split_preprocessing(plan.backbone.transform)
     positions = [p for start, end in todo for p in range(start, end)]
-    dataset = ImageDataset(source, positions, preprocessing.image, execution.decode_threads)
+    dataset: ImageDataset | Any = ImageDataset(
+        source, positions, preprocessing.image, execution.decode_threads,
+    ) if not plan.view_plan.count else view_dataset(
+        source, positions, *plan.rows, preprocessing, plan.backbone.input_size,
+        plan.view_plan, execution.decode_threads,
+    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=execution.batch_size,

@@ -6,6 +6,12 @@ row when the store has no split), reports on ``val`` and ``test``, and saves the
 pipeline with its metadata in a run folder (see :mod:`cnncodes.model`). ``val_paths``
 holds named training rows out instead, as ``compare`` does for a source without val, so
 that every strategy is chosen on the same images; the store itself is not changed.
+
+A store with augmented views (``extract --views``) trains on every view of its training
+images, but never lets a view speak for an image: CV folds are drawn by source image
+(``StratifiedGroupKFold``: all views of an image in one fold, so none of its views is
+trained on while the image is scored), a held-out image takes its views out of training
+with it, and every score (CV, val, test) is of the images themselves (view 0).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.metrics import balanced_accuracy_score, f1_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer
 
@@ -35,6 +41,7 @@ from ..data.store import CodeStore
 from ..errors import CnnCodesError
 from ..paths import default_runs_dir, safe_name
 from ..progress import log
+from ..scoring import check_class_weight, check_scoring
 from .model import PREDICTIONS_FILE, save_model
 from .search import SearchResult, fit_final, search_pipeline
 
@@ -110,6 +117,10 @@ class FitConfig:
             pipeline's own setting (``auto`` for the shipped ones).
         n_jobs: CV folds fitted side by side; None: as many as cores and folds allow
             (each with its share of the cores' threads).
+        scoring: what the hyper-parameter search maximises on val or the CV folds, one of
+            :data:`cnncodes.scoring.SCORINGS`.
+        class_weight: ``balanced`` sets the classifier's ``class_weight="balanced"`` (for
+            classifiers that take one: ``logreg``, ``rbf_svm``); ``none`` leaves it as built.
     """
 
     clf: str = "logreg"
@@ -124,8 +135,12 @@ class FitConfig:
     val_paths: tuple[str, ...] | None = None
     device: str | None = None
     n_jobs: int | None = None
+    scoring: str = "accuracy"
+    class_weight: str = "none"
 
     def __post_init__(self) -> None:
+        check_scoring(self.scoring)
+        check_class_weight(self.class_weight)
         if self.val_paths is not None:
             if isinstance(self.val_paths, str) or not self.val_paths:
                 raise CnnCodesError(
@@ -198,6 +213,15 @@ def _build(module: ModuleType, config: FitConfig, params: dict[str, Any]) -> Pip
             f"build() of pipeline {config.clf!r} returned {type(pipeline).__name__}, not a "
             "sklearn.pipeline.Pipeline; wrap the estimator with make_pipeline(...)."
         )
+    if config.class_weight != "none":
+        classifier = pipeline.steps[-1][1]
+        if "class_weight" not in classifier.get_params():
+            raise CnnCodesError(
+                f"--class-weight {config.class_weight} needs a classifier that takes class "
+                f"weights; {type(classifier).__name__} of {config.clf!r} does not. Use --clf "
+                "logreg or rbf_svm, or --class-weight none."
+            )
+        pipeline.steps[-1][1].set_params(class_weight=config.class_weight)
     return _seeded(_with_steps(pipeline, config.pca, config.l2norm, config.seed), config.seed,
                    config.device)
 
@@ -237,7 +261,8 @@ def _check_data(store: CodeStore, y: np.ndarray, rows: dict[str, np.ndarray], co
             "refit_on='train'."
         )
     if selection == "cv":
-        counts = np.bincount(y[rows["train"]])
+        train = rows["train"]
+        counts = np.bincount(y[train[store.views[train] == 0]])  # images, not views
         smallest = int(counts[counts > 0].min())
         if smallest < config.cv:
             fix = (f"lower --cv to {smallest} or less" if smallest >= 2 else
@@ -271,6 +296,8 @@ def fit_pipeline(
     val_paths: Collection[str] | None = None,
     device: str | None = None,
     n_jobs: int | None = None,
+    scoring: str = "accuracy",
+    class_weight: str = "none",
 ) -> FitResult:
     """Train, tune, evaluate and save a pipeline on one layer of a code store.
 
@@ -279,7 +306,7 @@ def fit_pipeline(
         clf, layer, cv, pca, l2norm, out, refit_on, seed, progress: see :class:`FitConfig`.
         val_paths: training rows (by path) held out to select on, for a store without a
             val split (see :func:`cnncodes.data.splits.carve_validation`).
-        device, n_jobs: see :class:`FitConfig`.
+        device, n_jobs, scoring, class_weight: see :class:`FitConfig`.
 
     Returns:
         The run folder, chosen hyper-parameters, metrics and report row.
@@ -290,7 +317,8 @@ def fit_pipeline(
             rows of a store without val.
     """
     config = FitConfig(clf, layer, cv, pca, l2norm, out, refit_on, seed, progress,
-                       None if val_paths is None else tuple(val_paths), device, n_jobs)
+                       None if val_paths is None else tuple(val_paths), device, n_jobs,
+                       scoring, class_weight)
     if isinstance(store, CodeStore):
         return _fit(store, config)
     with CodeStore(store) as opened:
@@ -351,6 +379,9 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
     rows = {name: np.flatnonzero(split == name) for name in ("train", "val", "test")}
     if config.val_paths is not None:
         _hold_out(store, rows, config.val_paths)
+    views = store.views
+    for held in ("val", "test"):  # scored on the images themselves, never on views
+        rows[held] = rows[held][views[rows[held]] == 0]
     selection = "val" if len(rows["val"]) else "cv"
     _check_data(store, y, rows, config, selection, dim)
     X = store.codes(layer)
@@ -367,15 +398,14 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
         folds = [(np.arange(n_train), np.arange(n_train, len(search_rows)))]
     else:
         search_rows = rows["train"]
-        splitter = StratifiedKFold(config.cv, shuffle=True, random_state=config.seed)
-        folds = list(splitter.split(np.zeros(len(search_rows)), y[search_rows]))
+        folds = cv_folds(y, store.groups, views, search_rows, config.cv, config.seed)
     space = _fit_space_to_folds(space, min(len(train) for train, _ in folds))
     _log(config, f"{config.clf} on {layer} ({len(rows['train'])} x {dim}); selecting on "
          f"{'val' if selection == 'val' else f'{config.cv}-fold CV'} over "
          f"{int(np.prod([len(v) for v in space.values()])) if space else 1} candidates")
     found = search_pipeline(
         pipeline, space, X[search_rows], y[search_rows], folds, path_parameter=path_parameter,
-        n_jobs=config.n_jobs,
+        n_jobs=config.n_jobs, scoring=config.scoring,
     )
     _log(config, f"best {_short(found.best_params) or 'defaults'}: {found.best_score:.4f} "
          f"({len(found.candidates)} evaluated in {found.seconds:.1f}s)")
@@ -409,6 +439,20 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
     return FitResult(run_dir, model_path, found.best_params, metrics, row, metadata, final, found)
 
 
+def cv_folds(y: np.ndarray, groups: np.ndarray, views: np.ndarray, rows: np.ndarray,
+             cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``cv`` stratified folds of ``rows`` (indices into ``rows``). With augmented views,
+    folds of source images (``groups``): every view of an image in its image's fold, the
+    held-out side reduced to the images themselves (view 0)."""
+    if not views[rows].any():
+        splitter = StratifiedKFold(cv, shuffle=True, random_state=seed)
+        return list(splitter.split(np.zeros(len(rows)), y[rows]))
+    grouped = StratifiedGroupKFold(cv, shuffle=True, random_state=seed)
+    original = views[rows] == 0
+    return [(train, held[original[held]])
+            for train, held in grouped.split(np.zeros(len(rows)), y[rows], groups[rows])]
+
+
 def _run_name(store: CodeStore, config: FitConfig, clf_name: str, layer: str) -> str:
     name = f"{store.path.stem}-{clf_name}-{layer}"
     if config.pca is not None:
@@ -428,8 +472,8 @@ def _held_out_predictions(final: Pipeline, X: np.ndarray, y: np.ndarray,
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if found.held_out_predictions is not None:
         searched = found.held_out_predictions
-        if selection == "cv":
-            out["cv"] = (search_rows, searched)
+        if selection == "cv":  # rows held out in no fold (views) predict -1
+            out["cv"] = (search_rows[searched >= 0], searched[searched >= 0])
         elif config.refit_on == "train+val":
             # The final model saw val; the search's model (trained on train only) did not.
             out["val"] = (rows["val"], searched[len(rows["train"]):])
@@ -445,8 +489,13 @@ def _metrics(final: Pipeline, X: np.ndarray, y: np.ndarray, rows: dict[str, np.n
              found: SearchResult, config: FitConfig, selection: str, dim: int) -> dict[str, Any]:
     train_rows = rows["train"]
     train_accuracy = float(np.mean(final.predict(X[train_rows]) == y[train_rows]))
-    return held_out_metrics(y, rows, len(fit_rows), train_accuracy, held_out, found, config.cv,
-                            selection, dim)
+    metrics = held_out_metrics(y, rows, len(fit_rows), train_accuracy, held_out, found,
+                               config.cv, selection, dim)
+    metrics["scoring"] = config.scoring  # what selection_score is
+    if config.scoring != "accuracy" and "cv" in held_out:  # best_score is not an accuracy
+        index, predicted = held_out["cv"]
+        metrics["cv_accuracy"] = round(float(np.mean(predicted == y[index])), 6)
+    return metrics
 
 
 def held_out_metrics(y: np.ndarray, rows: dict[str, np.ndarray], n_train: int,
@@ -537,6 +586,7 @@ def _metadata(store: CodeStore, config: FitConfig, module: ModuleType, layer: st
         "params": found.best_params, "pca": config.pca, "l2norm": config.l2norm,
         "refit_on": config.refit_on, "seed": config.seed, "cv": config.cv,
         "validation": validation,
+        "views": store.view_settings,
         "search": {"space": dict(getattr(module, "search_space", {})),
                    "path_parameter": getattr(module, "path_parameter", None),
                    "search_settings": dict(getattr(module, "search_settings", {})),

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.store import CodeStore, display_text
+from ..errors import CnnCodesError
 from ..paths import FINETUNE_FILE
 from .model import FittedModel, load_model
 
@@ -33,6 +34,8 @@ def predict(
     progress: bool = True,
     trusted: Sequence[str] = (),
     keep_codes: str | os.PathLike[str] | None = None,
+    tta: int = 0,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Predict the class of every image of a source or every row of a code store.
 
@@ -52,6 +55,11 @@ def predict(
         trusted: further type names the run's ``model.skops`` may hold, for a run made
             with your own pipeline file (see :func:`cnncodes.load_model`).
         keep_codes: keep the extracted codes in this store (``.h5``).
+        tta: test-time augmentation: average the probabilities (or decision scores) of
+            each image, its left-right flip and ``tta - 1`` further seeded views (random
+            resized crop + flip, see :mod:`cnncodes.extraction.views`); 0: the image alone.
+            Needs images, not a store, and a ``fit`` run.
+        seed: the seed of the TTA views.
 
     Returns:
         One row per image: ``path`` (as valid UTF-8: file-name bytes that are not UTF-8
@@ -64,6 +72,8 @@ def predict(
         CnnCodesError: not a run, a source that cannot be read, or a store with other codes.
     """
     run = Path(model_run)
+    target = Path(source_or_store)
+    _check_tta(tta, run, target)
     if (run / FINETUNE_FILE).is_file():
         from ..finetuning.finetune import (
             predict_run,  # fine-tuned PyTorch runs need torch training code
@@ -72,20 +82,34 @@ def predict(
         frame = _displayable(predict_run(run, source_or_store))
     else:
         model = load_model(run, trusted=trusted)
-        target = Path(source_or_store)
         if _is_code_store(target):
             with CodeStore(target) as store:
                 frame = _predict_store(model, store)
         else:
             with tempfile.TemporaryDirectory(prefix="cnncodes-predict-") as scratch:
                 out = Path(keep_codes) if keep_codes else Path(scratch) / "codes.h5"
-                _extract_like(model, target, out, batch_size, device, progress)
+                _extract_like(model, target, out, batch_size, device, progress, tta, seed)
                 with CodeStore(out) as store:
-                    frame = _predict_store(model, store)
+                    frame = _predict_store(model, store, average_views=tta > 0)
     if out_csv is not None:
         Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out_csv, index=False)
     return frame
+
+
+def _check_tta(tta: int, run: Path, target: Path) -> None:
+    if tta < 0:
+        raise CnnCodesError(f"tta must be 0 (off) or a number of views; got {tta!r}.")
+    if tta and (run / FINETUNE_FILE).is_file():
+        raise CnnCodesError(
+            f"--tta averages views through a fit run's probe; {str(run)!r} is a fine-tuned "
+            "run: leave out --tta."
+        )
+    if tta and _is_code_store(target):
+        raise CnnCodesError(
+            f"--tta extracts views of the images, but {str(target)!r} is a code store; give "
+            "the images (the folder, CSV or idx folder) instead, or leave out --tta."
+        )
 
 
 def _displayable(frame: pd.DataFrame) -> pd.DataFrame:
@@ -102,7 +126,7 @@ def _displayable(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _extract_like(model: FittedModel, source: Path, out: Path, batch_size: int | None, device: str,
-                  progress: bool) -> Path:
+                  progress: bool, tta: int = 0, seed: int = 0) -> Path:
     from ..extraction.extract import extract
 
     meta = model.metadata
@@ -110,30 +134,39 @@ def _extract_like(model: FittedModel, source: Path, out: Path, batch_size: int |
     result = extract(
         source=str(source), model=meta["backbone"], weights=weights.removeprefix("file:"),
         layers=(model.layer,), pool=meta["pooling"], batch_size=batch_size, device=device,
-        progress=progress, out=str(out),
+        progress=progress, out=str(out), views=tta, seed=seed, view_policy="tta",
     )
     return result.path
 
 
-def _predict_store(model: FittedModel, store: CodeStore) -> pd.DataFrame:
+def _predict_store(model: FittedModel, store: CodeStore, *,
+                   average_views: bool = False) -> pd.DataFrame:
+    """One row per image of ``store``: its augmented views are averaged in (TTA) when
+    ``average_views``, else left out."""
     X = model.codes(store)
     pipeline = model.pipeline
     model_classes = model.classes
     known = [model_classes[int(i)] for i in pipeline.classes_]
-    predicted = [known[i] for i in np.searchsorted(pipeline.classes_, pipeline.predict(X))] if len(X) else []
-    store_classes = store.classes
-    frame: dict[str, Any] = {
-        "path": store.paths,
-        "label": [store_classes[i] if 0 <= i < len(store_classes) else "" for i in store.labels],
-    }
-    split = store.split
-    if split is not None:
-        frame["split"] = split.tolist()
-    frame["predicted"] = predicted
+    images = np.flatnonzero(store.views == 0)
     if hasattr(pipeline, "predict_proba"):
         scores, prefix = (pipeline.predict_proba(X) if len(X) else np.zeros((0, len(known)))), "proba"
     else:
         scores, prefix = (pipeline.decision_function(X) if len(X) else np.zeros((0, len(known)))), "score"
+    if average_views:
+        scores, chosen = _view_means(scores, store.groups, images)
+    else:
+        scores = scores[images]
+        chosen = np.searchsorted(pipeline.classes_, pipeline.predict(X[images])) if len(X) else []
+    store_classes = store.classes
+    frame: dict[str, Any] = {
+        "path": np.asarray(store.paths, dtype=object)[images].tolist(),
+        "label": [store_classes[i] if 0 <= i < len(store_classes) else ""
+                  for i in store.labels[images]],
+    }
+    split = store.split
+    if split is not None:
+        frame["split"] = split[images].tolist()
+    frame["predicted"] = [known[i] for i in chosen]
     if scores.ndim == 1:  # binary decision function: the score of the second class
         frame[f"{prefix}_{known[1]}"] = scores
     else:
@@ -142,3 +175,18 @@ def _predict_store(model: FittedModel, store: CodeStore) -> pd.DataFrame:
     out = pd.DataFrame(frame)
     out.attrs["skipped"] = store.skipped
     return out
+
+
+def _view_means(scores: np.ndarray, groups: np.ndarray, images: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The mean scores of each image's rows (``images``: the rows of the images
+    themselves) and the class each mean chooses (index into the probe's classes)."""
+    _, group_of_row = np.unique(groups, return_inverse=True)
+    totals = np.zeros((len(images), *scores.shape[1:]))
+    np.add.at(totals, group_of_row, scores)
+    means = totals / np.bincount(group_of_row, minlength=len(images)).reshape(
+        -1, *([1] * (scores.ndim - 1)))
+    # unique() numbers groups in increasing order; rows of one image are consecutive
+    # and each image's own row comes first, so group k is the image of images[k].
+    chosen = (means > 0).astype(np.int64) if means.ndim == 1 else means.argmax(axis=1)
+    return means, chosen

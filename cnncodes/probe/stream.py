@@ -160,6 +160,12 @@ def fit_streamed(
 def _fit_on(store: CodeStore, config: StreamConfig) -> FitResult:
     """The fit, run here or on the Dask cluster that ``config.scheduler`` names."""
     layer = store.resolve(config.layer)
+    if store.view_settings is not None and store.views.any():
+        raise CnnCodesError(
+            f"Code store {store.path.name!r} holds augmented views (extract --views); "
+            "fit --stream does not keep an image's views in one fold: fit it in memory "
+            "(leave out --stream and --scheduler), or extract without --views."
+        )
     if config.scheduler is None:
         return _fit_streamed(store, config, layer, LocalChunks(store, layer))
     from .dask_fit import dask_chunks
