@@ -13,7 +13,7 @@ The package follows the data, one sub-package per step:
 - ``probe``       scikit-learn pipelines on the codes: search, fit, safe persistence, predict
 - ``finetuning``  strategies 3 and 4 in PyTorch and the training loop
 - ``explainers``  saliency, Grad-CAM, activation grids, filters and their figures
-- ``studies``     the four-strategy comparison, the layer sweep, reports
+- ``studies``     the four-strategy comparison, the advisor, the layer sweep, reports
 - ``cli``         the ``cnncodes`` command: one module per command group
 
 Beside them: ``errors`` (the one user-facing exception), ``paths`` (default output
@@ -66,6 +66,9 @@ _EXPORTS = {
     "FittedModel": "probe.model",
     "load_model": "probe.model",
     "predict": "probe.predict",
+    "Advice": "studies.advise",
+    "AdviseConfig": "studies.advise",
+    "advise": "studies.advise",
     "CompareConfig": "studies.compare",
     "CompareResult": "studies.compare",
     "compare": "studies.compare",
@@ -80,6 +83,8 @@ _EXPORTS = {
 
 __all__ = [
     "DEFAULT_MODEL",
+    "AdviseConfig",
+    "Advice",
     "Backbone",
     "CnnCodesError",
     "CodeExtractor",
@@ -99,6 +104,7 @@ __all__ = [
     "SweepConfig",
     "SweepResult",
     "__version__",
+    "advise",
     "compare",
     "confusion_table",
     "explain",
@@ -152,6 +158,7 @@ if TYPE_CHECKING:  # static checkers see the real names
     from .probe.model import FittedModel, load_model
     from .probe.predict import predict
     from .probe.stream import StreamConfig, fit_streamed
+    from .studies.advise import Advice, AdviseConfig, advise
     from .studies.compare import CompareConfig, CompareResult, compare
     from .studies.report import confusion_table, format_table, per_class_table, run_table
     from .studies.sweep import SweepConfig, SweepResult, sweep

@@ -6,7 +6,7 @@ runs. A :class:`CnnCodesError` becomes one line on stderr and exit status 2.
 
 Modules: ``group`` (error handling), ``options`` (shared options, output checks), then one
 per command group: ``data`` (models, layers, extract, info, cache), ``probe`` (fit,
-predict, report), ``finetuning`` (finetune), ``studies`` (compare, sweep), ``explain``.
+predict, report), ``finetuning`` (finetune), ``studies`` (compare, sweep, advise), ``explain``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _register() -> None:
 
     for command in (data.models, data.layers, data.extract, data.info, data.cache,
                     probe.fit, probe.predict, probe.report, finetuning.finetune,
-                    studies.compare, explain.explain, studies.sweep):
+                    studies.compare, explain.explain, studies.sweep, studies.advise):
         main.add_command(command)
 
 

@@ -111,3 +111,50 @@ def sweep(data: str, layer: tuple[str, ...], layers_alias: tuple[str, ...], fmt:
     if not quiet:
         for path in (result.table_path, result.markdown_path, result.plot_path):
             click.echo(f"wrote {path}", err=True)
+
+
+@click.command()
+@click.argument("data", type=click.Path())
+@model_option
+@weights_option()
+@pool_option
+@click.option("--layer", "-l", "layers", multiple=True,
+              help="Earlier layer to probe against the penultimate code (repeat); default: "
+              "those 'compare' tries for strategy 2.")
+@click.option("--limit", type=int,
+              help="The data you will train on (as 'compare --limit'): images per class are "
+              "counted in its first N images of each split.")
+@click.option("--sample", default=400, show_default=True,
+              help="Most images of each split extracted for the probe (non-test ones probed).")
+@click.option("--folds", default=5, show_default=True, help="Cross-validation folds of the probe.")
+@click.option("--large-per-class", default=1000, show_default=True,
+              help="Median training images per class from which data counts as large.")
+@click.option("--min-confidence", default=0.5, show_default=True,
+              help="Mean ImageNet top-1 probability below which data counts as different.")
+@click.option("--margin", default=0.02, show_default=True,
+              help="Probe-accuracy lead of an earlier layer over the penultimate code that "
+              "also makes data count as different.")
+@device_option
+@click.option("--seed", default=0, show_default=True, help="Folds of the probe.")
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="Only the table (on stdout); nothing on stderr.")
+def advise(data: str, layers: tuple[str, ...], fmt: str, quiet: bool, **options: Any) -> None:
+    """Which strategy (1-4) and layer to try first on DATA, from a small sample.
+
+    Counts training images per class and measures the distance from the backbone's
+    training domain (its ImageNet confidence; how earlier vs penultimate codes separate a
+    stratified sample under cross-validated logistic regression), then applies the rule of
+    thumb: small + similar -> 1, small + different -> 2, large + similar -> 3, large +
+    different -> 4. Prints one row with the numbers and the reasons ("why"); the reasons
+    also go to stderr. Test images are never read. The sample's codes stay in the
+    extraction cache for 'fit' (and for 'compare' when the sample is the whole source).
+    """
+    from ..studies.advise import AdviseConfig
+    from ..studies.advise import advise as run_advise
+    from ..studies.report import format_table
+
+    result = run_advise(AdviseConfig(source=data, layers=tuple(layers) or None,
+                                     progress=not quiet, **options))
+    click.echo(format_table(result.table, fmt))
+    if not quiet:
+        click.echo(f"codes of the sample in {result.store_path}", err=True)
