@@ -28,7 +28,9 @@ from .options import (
 @head_option
 @click.option("--replace-fc", default=1, show_default=True,
               help="Rebuild the last N linear layers (AlexNet exercise: 2).")
-@click.option("--epochs", "-e", default=5, show_default=True, help="Most epochs (early stopping may end sooner).")
+@click.option("--epochs", "-e", default=5, show_default=True,
+              help="Most epochs (early stopping may end sooner); with --sizes, in all, shared "
+              "out over the sizes evenly, the remainder to the largest (7 over 3 sizes: 2,2,3).")
 @click.option("--batch-size", "-b", default=32, show_default=True, help="Images per step.")
 @click.option("--lr", type=float, help="Head learning rate (default 1e-3 AdamW, 1e-2 SGD).")
 @click.option("--lr-decay", default=0.3, show_default=True,
@@ -43,6 +45,11 @@ from .options import (
 @click.option("--patience", default=3, show_default=True,
               help="Early stopping: epochs without better val accuracy (0: off).")
 @click.option("--progressive", is_flag=True, help="Strategy 4: unfreeze one layer group per epoch.")
+@click.option("--sizes", "sizes_text", metavar="S1,S2,...",
+              help="Progressive resizing: train at these image sizes in turn, ascending, e.g. "
+              "128,160,224, the same model, optimizer and schedule carried on. Validation, "
+              "test and predictions stay at the model's own size; the best epoch is chosen "
+              "over all stages; --patience stops only in the last stage.")
 @click.option("--freeze-bn/--train-bn", default=True, show_default=True,
               help="Keep BatchNorm statistics of trainable layers as pretrained.")
 @click.option("--limit", type=int, help="Only the first N images of each split.")
@@ -53,22 +60,24 @@ from .options import (
 @click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="md", show_default=True,
               help="Format of the result row printed on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr; only the result row.")
-def finetune(source: str, strategy: str, head: str | None, fmt: str, quiet: bool,
-             **options: Any) -> None:
+def finetune(source: str, strategy: str, head: str | None, sizes_text: str | None, fmt: str,
+             quiet: bool, **options: Any) -> None:
     """Fine-tune a pretrained backbone on SOURCE (strategy 3 or 4).
 
     \b
     cnncodes finetune DATA --strategy 3
     cnncodes finetune DATA --strategy 4 --unfreeze-from blocks.5 --head 512,256 --epochs 10
     cnncodes finetune DATA --model alexnet --replace-fc 2
+    cnncodes finetune DATA --strategy 4 --sizes 128,160,224 --epochs 6
     """
-    from ..finetuning.finetune import FinetuneConfig, parse_head
+    from ..finetuning.finetune import FinetuneConfig, parse_head, parse_sizes
     from ..finetuning.finetune import finetune as run_finetune
     from ..studies.report import format_table, run_table
 
     check_out(options.get("out"), folder=True)
     config = FinetuneConfig(
-        source=source, strategy=int(strategy), head=parse_head(head), progress=not quiet, **options
+        source=source, strategy=int(strategy), head=parse_head(head),
+        sizes=parse_sizes(sizes_text), progress=not quiet, **options
     )
     result = run_finetune(config)
     if not quiet:
@@ -82,6 +91,19 @@ def finetune(source: str, strategy: str, head: str | None, fmt: str, quiet: bool
             if group["trainable_params"]:
                 click.echo(f"  group {group['group']}: lr {group['lr']:.2e}, "
                            f"{group['trainable_params']:,} params", err=True)
+        if config.sizes:
+            for number, stage in enumerate(result.stages, start=1):
+                click.echo(_stage_line(number, stage), err=True)
     for path, reason in result.skipped:
         click.echo(f"  skipped {path}: {reason}", err=True)
     click.echo(format_table(run_table([result.run_dir]), fmt))
+
+
+def _stage_line(number: int, stage: dict[str, Any]) -> str:
+    """One stage of progressive resizing, for the summary on stderr."""
+    if not stage["epochs_run"]:
+        return f"  stage {number}: {stage['size']}px, not run"
+    first, last = stage["first_epoch"], stage["last_epoch"]
+    epochs = f"epoch {first}" if first == last else f"epochs {first}-{last}"
+    return (f"  stage {number}: {stage['size']}px, {epochs}, best val accuracy "
+            f"{stage['val_accuracy']:.3f} (epoch {stage['best_epoch']}), {stage['seconds']:.0f}s")

@@ -11,6 +11,7 @@ one group per epoch. A run folder holds ``model.pt`` (best epoch), ``metrics.csv
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -49,8 +50,8 @@ from .trainer import (
     head_features,
     plot_curves,
     set_train_mode,
+    sized_transform,
     train_epoch,
-    train_transform,
     transform_from_spec,
     transform_spec,
     write_metrics,
@@ -63,6 +64,7 @@ __all__ = [
     "finetune",
     "load_run",
     "parse_head",
+    "parse_sizes",
     "predict_run",
 ]
 
@@ -72,6 +74,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
 DEFAULT_HEAD = {3: (), 4: (256,)}
+MIN_SIZE = 32  # the last feature map of a 1/32-resolution network stays one pixel or more
 
 
 def parse_head(text: str | None) -> tuple[int, ...] | None:
@@ -87,6 +90,46 @@ def parse_head(text: str | None) -> tuple[int, ...] | None:
             f"--head {text!r} is not a comma-separated list of layer sizes; give e.g. "
             "--head 512,256 (or --head none for a single linear layer)."
         ) from None
+
+
+def parse_sizes(text: str | None) -> tuple[int, ...] | None:
+    """``"128,160,224"`` -> ``(128, 160, 224)``; ``None`` or ``""`` -> ``None`` (one size)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise CnnCodesError(
+            f"--sizes {text!r} is not a comma-separated list of image sizes in pixels; give "
+            "e.g. --sizes 128,160,224."
+        ) from None
+
+
+def stage_epochs(sizes: tuple[int, ...], epochs: int) -> list[int]:
+    """Progressive resizing: ``epochs`` shared out over the ``sizes`` as evenly as possible,
+    the remainder to the last (largest) stages: 7 over 3 sizes -> 2, 2, 3."""
+    share, extra = divmod(epochs, len(sizes))
+    return [share + (index >= len(sizes) - extra) for index in range(len(sizes))]
+
+
+def _check_sizes(sizes: tuple[int, ...], epochs: int) -> None:
+    """One error naming the fix for sizes that are not ascending sizes of enough pixels,
+    or more stages than epochs."""
+    shown = ",".join(map(str, sizes))
+    if not sizes or any(not isinstance(s, int) or s < MIN_SIZE for s in sizes):
+        raise CnnCodesError(
+            f"--sizes must be image sizes of at least {MIN_SIZE} pixels, e.g. 128,160,224; "
+            f"got {shown!r}."
+        )
+    if any(later <= earlier for earlier, later in zip(sizes, sizes[1:], strict=False)):
+        raise CnnCodesError(
+            f"--sizes must go up, smallest first, each size once, e.g. 128,160,224; got {shown!r}."
+        )
+    if len(sizes) > epochs:
+        raise CnnCodesError(
+            f"--sizes {shown} has {len(sizes)} stages but --epochs is {epochs}; give --epochs "
+            f"{len(sizes)} or more (the epochs are shared out over the stages)."
+        )
 
 
 @dataclass(frozen=True)
@@ -120,6 +163,12 @@ class FinetuneConfig:
         patience: stop after this many epochs without a better val accuracy (0: never).
         progressive: strategy 4: train the head alone first, then unfreeze one more layer
             group (from the top) at the start of each epoch.
+        sizes: progressive resizing: train at each of these image sizes in turn (ascending,
+            pixels), the same model, optimizer and learning-rate schedule carried across;
+            ``epochs`` is shared out over the stages (:func:`stage_epochs`). Validation,
+            test, the checkpoint and predictions stay at the model's own size, so the best
+            epoch is chosen over every stage on one footing; early stopping acts only in
+            the last stage. None: every epoch at the model's own size.
         freeze_bn: keep the BatchNorm statistics of trainable layers as pretrained.
         val_fraction: share of the training images held out when the source has no val.
         val_paths: the images to hold out instead (paths relative to the source, as in a
@@ -151,6 +200,7 @@ class FinetuneConfig:
     augment: bool = True
     patience: int = 3
     progressive: bool = False
+    sizes: tuple[int, ...] | None = None
     freeze_bn: bool = True
     val_fraction: float = 0.2
     val_paths: tuple[str, ...] | None = None
@@ -179,6 +229,9 @@ class FinetuneConfig:
                 "--unfreeze-from and --progressive apply to strategy 4; strategy 3 keeps "
                 "every pretrained layer frozen. Use --strategy 4."
             )
+        if self.sizes is not None:
+            object.__setattr__(self, "sizes", tuple(self.sizes))
+            _check_sizes(self.sizes, self.epochs)
         if not isinstance(self.replace_fc, int) or self.replace_fc < 1:
             raise CnnCodesError(f"--replace-fc must be 1 or more; got {self.replace_fc!r}.")
         if self.batch_size < 1:
@@ -236,6 +289,9 @@ class FinetuneResult:
         skipped: (path, reason) of images that could not be used.
         validation: what early stopping and the best epoch were chosen on (see
             :func:`cnncodes.data.splits.validation_record`; the paths when carved or given).
+        stages: per training size, in order (one without ``sizes``): ``size``, ``epochs``
+            planned, ``epochs_run``, ``first_epoch``, ``last_epoch``, ``val_accuracy`` (the
+            stage's best), ``last_val_accuracy``, ``seconds``; see :func:`stage_records`.
     """
 
     run_dir: Path
@@ -253,6 +309,7 @@ class FinetuneResult:
     seconds: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
     validation: dict[str, Any] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def curves_path(self) -> Path:
@@ -358,6 +415,7 @@ class _Batches(NamedTuple):
     train_batches: Any
     val_batches: Any
     head: nn.Module | None
+    size: int = 0  # the training images' side in pixels
 
 
 class _Training(NamedTuple):
@@ -388,8 +446,7 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
     run_dir = _run_dir(config, built.source)
     run_dir.mkdir(parents=True, exist_ok=True)
     images = _decode(config, built, generator)
-    batches = _batches(config, built, plan, images)
-    training = _train(config, built, plan, batches, run_dir)
+    training = _train(config, built, plan, images, run_dir)
     test_accuracy = _evaluate_best(built, plan, images, training.checkpoint)
     scores = _write_predictions(built, plan, images, run_dir)
     result = _result(config, built, plan, images, training, test_accuracy,
@@ -457,9 +514,7 @@ def _decode(config: FinetuneConfig, built: _Built, generator: torch.Generator) -
     """Decode every split (holding a validation set out when needed) and log the sizes."""
     eval_transform = built.backbone.transform
     splits = built.splits
-    banks, validation = _decode_splits(
-        built.source, splits, config, int(eval_transform.resize_size[0])
-    )
+    banks, validation = _decode_splits(built.source, splits, config, _bank_side(config, eval_transform))
     kept = {p for bank in banks.values() for p in bank.positions}
     skipped = [entry for bank in banks.values() for entry in bank.skipped]
     sizes = {split: len([p for p in splits[split] if p in kept]) for split in splits}
@@ -470,19 +525,40 @@ def _decode(config: FinetuneConfig, built: _Built, generator: torch.Generator) -
                    config.batch_size, generator)
 
 
-def _batches(config: FinetuneConfig, built: _Built, plan: _Plan, images: _Images) -> _Batches:
-    """The train and val batches; with the body frozen throughout, head features instead."""
+def _bank_side(config: FinetuneConfig, eval_transform: Any) -> int:
+    """The shorter side training images are decoded to: the eval transform's resize, or
+    more when a stage of ``sizes`` crops larger than the eval transform does."""
+    resize, crop = int(eval_transform.resize_size[0]), int(eval_transform.crop_size[0])
+    return max(resize, math.ceil(max(config.sizes or (crop,)) * resize / crop))
+
+
+def _epoch_sizes(config: FinetuneConfig, eval_transform: Any) -> list[int]:
+    """The training size of each epoch: the stages of ``sizes`` in turn, else the eval crop."""
+    if not config.sizes:
+        return [int(eval_transform.crop_size[0])] * config.epochs
+    counts = stage_epochs(config.sizes, config.epochs)
+    return [size for size, count in zip(config.sizes, counts, strict=True) for _ in range(count)]
+
+
+def _batches(config: FinetuneConfig, built: _Built, plan: _Plan, images: _Images, size: int,
+             val_batches: Any = None) -> _Batches:
+    """The train batches at ``size`` pixels and the val batches (at the eval transform's
+    size; ``val_batches`` when given, from an earlier stage); with the body frozen
+    throughout, head features instead."""
     train_loader = images.loader(
-        "train", train_transform(images.eval_transform, augment=config.augment), True
+        "train", sized_transform(images.eval_transform, size, augment=config.augment), True
     )
-    val_loader = images.loader("val", images.eval_transform, False)
     if built.order:  # the body trains: every epoch runs the whole model
-        return _Batches(built.model, train_loader, val_loader, None)
+        if val_batches is None:
+            val_batches = images.loader("val", images.eval_transform, False)
+        return _Batches(built.model, train_loader, val_batches, None, size)
     model, head = built.model, built.model.get_submodule(built.head_path)
     # the body never changes: its val features are computed once
-    val_batches = head_features(model, head, val_loader, device=plan.device, amp=plan.amp)
+    if val_batches is None:
+        val_loader = images.loader("val", images.eval_transform, False)
+        val_batches = head_features(model, head, val_loader, device=plan.device, amp=plan.amp)
     if config.augment:
-        return _Batches(model, train_loader, val_batches, head)
+        return _Batches(model, train_loader, val_batches, head, size)
     # nor do its train features without augmentation
     features = head_features(model, head, train_loader, device=plan.device, amp=plan.amp)
     dataset = torch.utils.data.TensorDataset(
@@ -491,17 +567,23 @@ def _batches(config: FinetuneConfig, built: _Built, plan: _Plan, images: _Images
     train_batches = torch.utils.data.DataLoader(
         dataset, batch_size=config.batch_size, shuffle=True, generator=images.generator
     )
-    return _Batches(head, train_batches, val_batches, head)
+    return _Batches(head, train_batches, val_batches, head, size)
 
 
 def _train(
-    config: FinetuneConfig, built: _Built, plan: _Plan, batches: _Batches, run_dir: Path,
+    config: FinetuneConfig, built: _Built, plan: _Plan, images: _Images, run_dir: Path,
 ) -> _Training:
-    """Run the epochs; keep the best checkpoint (by val accuracy, then val loss).
+    """Run the epochs, stage by stage with ``sizes``; keep the best checkpoint (by val
+    accuracy, then val loss) over every stage, all validated at the model's own size.
 
     Writes ``metrics.csv`` after every epoch; stops after ``config.patience`` epochs
-    without improvement (when not 0).
+    without improvement (when not 0). With ``sizes`` the count starts again at the last
+    stage, and earlier stages always run their epochs: the run ends at the final size. The
+    optimizer and one learning-rate schedule over all the epochs carry across stages (a
+    stage has as many steps as any epoch: the same images, a new size).
     """
+    epoch_sizes = _epoch_sizes(config, images.eval_transform)
+    batches = _batches(config, built, plan, images, epoch_sizes[0])
     steps = config.epochs * len(batches.train_batches)
     scheduler = build_scheduler(plan.optimizer, name=config.schedule, total_steps=steps)
     # Loss scaling is for float16 only; bfloat16 has float32's range.
@@ -511,7 +593,9 @@ def _train(
     best: tuple[float, float] = (-1.0, float("inf"))
     best_epoch, waited = 0, 0
     checkpoint = run_dir / CHECKPOINT_FILE
-    for epoch in range(1, config.epochs + 1):
+    for epoch, size in enumerate(epoch_sizes, start=1):
+        if size != batches.size:  # the next stage of progressive resizing
+            batches, waited = _batches(config, built, plan, images, size, batches.val_batches), 0
         record = _epoch(config, built, plan, batches, epoch, scheduler=scheduler, scaler=scaler)
         history.append(record)
         write_metrics(run_dir / "metrics.csv", history)
@@ -520,7 +604,7 @@ def _train(
             _save(built.model, checkpoint)
         else:
             waited += 1
-            if config.patience and waited >= config.patience:
+            if config.patience and waited >= config.patience and size == epoch_sizes[-1]:
                 break
     return _Training(history, best_epoch, checkpoint)
 
@@ -548,9 +632,11 @@ def _epoch(
     epoch_started = time.perf_counter()
     unfrozen = _unfreeze(config, built, plan, epoch)
     device, amp = plan.device, plan.amp
+    desc = f"strategy {config.strategy} epoch {epoch}/{config.epochs}"
+    desc += f" at {batches.size}px" if config.sizes else ""
     # One bar per epoch on a terminal; elsewhere one line per epoch, with its scores.
     with Progress(total=len(batches.train_batches), unit="step", enabled=config.progress,
-                  desc=f"strategy {config.strategy} epoch {epoch}/{config.epochs}") as bar:
+                  desc=desc) as bar:
         train_loss, train_accuracy = train_epoch(
             batches.train_model, batches.train_batches, plan.optimizer, scheduler,
             device=device, amp=amp, scaler=scaler, bar=bar,
@@ -563,7 +649,7 @@ def _epoch(
     return EpochRecord(
         epoch, plan.optimizer.param_groups[-1]["lr"], train_loss, train_accuracy, val_loss,
         val_accuracy, time.perf_counter() - epoch_started,
-        "+".join([*reversed(unfrozen), HEAD_GROUP]),
+        "+".join([*reversed(unfrozen), HEAD_GROUP]), batches.size,
     )
 
 
@@ -638,7 +724,33 @@ def _result(
         train_accuracy=best_record.train_accuracy, test_accuracy=test_accuracy,
         seconds=time.perf_counter() - started, skipped=images.skipped,
         validation=images.validation,
+        stages=stage_records(_epoch_sizes(config, images.eval_transform), training.history),
     )
+
+
+def stage_records(epoch_sizes: list[int], history: list[EpochRecord]) -> list[dict[str, Any]]:
+    """Per training size, in order: the epochs planned and run, and the val accuracy (at
+    the model's own size) of the stage's best and last epochs."""
+    stages: list[dict[str, Any]] = []
+    for size in dict.fromkeys(epoch_sizes):
+        run = [record for record in history if record.size == size]
+        entry: dict[str, Any] = {"size": size, "epochs": epoch_sizes.count(size),
+                                 "epochs_run": len(run)}
+        if run:
+            best = max(run, key=lambda record: (record.val_accuracy, -record.val_loss))
+            entry.update(first_epoch=run[0].epoch, last_epoch=run[-1].epoch,
+                         best_epoch=best.epoch, val_accuracy=best.val_accuracy,
+                         last_val_accuracy=run[-1].val_accuracy,
+                         seconds=round(sum(record.seconds for record in run), 2))
+        stages.append(entry)
+    return stages
+
+
+def stages_text(stages: list[dict[str, Any]]) -> str:
+    """``128px x2 val 0.812; 224px x2 val 0.875``: each stage's size, epochs run, best val
+    accuracy (the ``stages`` column of a progressive-resizing run's report row)."""
+    return "; ".join(f"{s['size']}px x{s['epochs_run']} val {s.get('val_accuracy', float('nan')):.3f}"
+                     for s in stages)
 
 
 def _save_run(
@@ -656,6 +768,8 @@ def _save_run(
         # the held-out paths, when given, are under "validation"
         "config": {k: v for k, v in asdict(config).items() if k != "val_paths"},
         "validation": result.validation,
+        # progressive resizing: per training size (one stage at the model's own without)
+        "stages": result.stages,
         "model": backbone.name,
         "weights": backbone.weights,
         "weights_sha256": backbone.weights_sha256,
@@ -685,6 +799,7 @@ def _save_run(
             "train_accuracy": result.train_accuracy, "val_accuracy": result.val_accuracy,
             "test_accuracy": result.test_accuracy, "fit_seconds": round(result.seconds, 3),
             **{key: round(value, 4) for key, value in scores.items()},
+            **({"stages": stages_text(result.stages)} if config.sizes else {}),
         },
     })
 

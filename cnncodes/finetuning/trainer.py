@@ -40,6 +40,7 @@ __all__ = [
     "head_features",
     "plot_curves",
     "set_train_mode",
+    "sized_transform",
     "train_epoch",
     "train_transform",
     "transform_from_spec",
@@ -65,6 +66,7 @@ class EpochRecord:
     val_accuracy: float
     seconds: float
     trainable_groups: str
+    size: int = 0  # the training images' side in pixels (progressive resizing: per stage)
 
 
 class ImageBank:
@@ -153,6 +155,24 @@ def train_transform(eval_transform: Any, *, augment: bool) -> Callable:
         T.ConvertImageDtype(torch.float32),
         T.Normalize(eval_transform.mean, eval_transform.std),
     ])
+
+
+def sized_transform(eval_transform: Any, size: int, *, augment: bool) -> Callable:
+    """The training transform at ``size`` pixels (a stage of progressive resizing).
+
+    The eval transform's crop becomes ``size`` and its resize scales with it (256/224 for
+    ImageNet presets), so that a stage without augmentation sees what prediction would at
+    that size; with augmentation, a random resized crop of ``size`` pixels.
+    """
+    crop = int(eval_transform.crop_size[0])
+    if size != crop:
+        resize = int(eval_transform.resize_size[0])
+        eval_transform = ImageClassification(
+            crop_size=size, resize_size=max(size, round(size * resize / crop)),
+            mean=eval_transform.mean, std=eval_transform.std,
+            interpolation=eval_transform.interpolation,
+        )
+    return train_transform(eval_transform, augment=augment)
 
 
 def set_train_mode(model: nn.Module, trainable: set[str], *, freeze_bn: bool) -> None:
