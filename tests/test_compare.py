@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
+from statistics import NormalDist
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import binomtest
 
 from cnncodes import CnnCodesError, finetune
 from cnncodes.cli import main
 from cnncodes.nets.backbones import load_backbone
 from cnncodes.nets.layers import node_names
+from cnncodes.probe.search import search_pipeline
+from cnncodes.scoring import SCORINGS, balanced_weights, score
 from cnncodes.studies.compare import compare, earlier_layers, validation_set
+from cnncodes.studies.significance import mcnemar_exact, wilson_interval
 
 from .conftest import write_image_folder
 from .test_finetune import make_subset
@@ -44,10 +54,23 @@ def test_compare_table_has_all_four_strategies(
     table = pd.read_csv(io.StringIO(result.output.split("\n\nruns")[0]))
     assert [s.split()[0] for s in table.strategy] == ["1", "2", "3", "4"]
     assert list(table.columns) == [
-        "strategy", "trained", "trainable_params", "seconds", "peak_memory_mib", "val_accuracy"
-    ]  # no test split, no test column
+        "strategy", "trained", "trainable_params", "seconds", "peak_memory_mib",
+        "epochs_budget", "best_epoch", "converged", "val_accuracy", "n_val", "val_ci95_low",
+        "val_ci95_high", "p_vs_best", "vs_best",
+    ]  # no test split, no test columns: val is the scored split
     assert table.val_accuracy.between(0, 1).all() and (table.trainable_params > 0).all()
-    assert "best on val of: blocks.5.3.add" in table.trained[1]
+    assert (table.n_val == 6).all()  # 3 + 3 val photos, every strategy on the same ones
+    assert (table.val_ci95_low <= table.val_accuracy).all()
+    assert (table.val_accuracy <= table.val_ci95_high).all()
+    # one epoch allowed, so its best epoch is the last: not converged, and said so
+    assert table.epochs_budget.isna()[:2].all() and (table.epochs_budget[2:] == 1).all()
+    assert (table.best_epoch[2:] == 1).all()
+    assert table.converged.fillna("").tolist() == ["", "", "not converged", "not converged"]
+    assert (table.vs_best == "best").sum() == 1
+    best = table.val_accuracy[table.vs_best == "best"].iloc[0]
+    assert best == table.val_accuracy.max()
+    assert table.p_vs_best.isna().sum() == 1 and table.p_vs_best.dropna().between(0, 1).all()
+    assert "best val accuracy of: blocks.5.3.add" in table.trained[1]
     assert table.trainable_params[0] == 1281  # binary logistic regression on 1280-d codes
     assert table.trainable_params[2] == 2 * 1280 + 2
     assert (out / "curves.png").is_file() and (out / "compare.csv").is_file()
@@ -191,6 +214,128 @@ def test_compare_on_a_folder_without_splits_carves_from_all_and_has_no_test(
         "no val split: 2 images (20% of each class, seed 0) held out of all images (the "
         "source has no train/val/test split); every strategy is chosen on them",
         "no test split, so no test accuracy",
+        "selection maximises val accuracy; accuracies with n and a 95 % Wilson interval; "
+        "vs_best: exact McNemar test against the best row on the same val images (differs: "
+        "p < 0.05; each row tested alone, no correction for the three tests); val also chose "
+        "every setting, so its scores are optimistic",
     ]
     for name, recorded in _recorded(result.out).items():
         assert recorded["paths"] == result.validation["paths"], name
+
+
+def test_wilson_interval_and_exact_mcnemar_match_the_binomial_test() -> None:
+    z = NormalDist().inv_cdf(0.975)
+    for correct, n in ((8, 10), (0, 20), (153, 153), (871, 1000)):
+        p = correct / n  # the Wilson score interval in closed form
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        assert wilson_interval(correct, n) == pytest.approx((centre - half, centre + half), abs=1e-9)
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)  # textbook value
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+    # 9 images only the first gets right, 1 only the second, 10 both, 5 neither
+    first = [True] * 9 + [False] + [True] * 10 + [False] * 5
+    second = [False] * 9 + [True] + [True] * 10 + [False] * 5
+    only_first, only_second, p = mcnemar_exact(first, second)
+    assert (only_first, only_second) == (9, 1)
+    assert p == pytest.approx(2 * (math.comb(10, 0) + math.comb(10, 1)) / 2**10)  # 0.0215
+    assert p == pytest.approx(binomtest(1, 10, 0.5).pvalue)
+    assert mcnemar_exact(first, first)[2] == 1.0  # no discordant pair: nothing differs
+    assert mcnemar_exact([True] * 3 + [False] * 3, [False] * 3 + [True] * 3)[2] == 1.0
+
+
+def _imbalanced(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list]:
+    """Two overlapping classes, 9:1, as train (400) then val (200) rows."""
+    rng = np.random.default_rng(seed)
+
+    def draw(common: int, rare: int) -> tuple[np.ndarray, np.ndarray]:
+        X = np.vstack([rng.normal(0, 1, (common, 5)), rng.normal(0.7, 1, (rare, 5))])
+        return X, np.r_[np.zeros(common, int), np.ones(rare, int)]
+
+    (X_train, y_train), (X_val, y_val) = draw(360, 40), draw(180, 20)
+    return (np.vstack([X_train, X_val]), np.r_[y_train, y_val],
+            [(np.arange(400), np.arange(400, 600))])
+
+
+def test_scoring_chooses_differently_on_imbalanced_classes() -> None:
+    from sklearn.metrics import balanced_accuracy_score
+
+    from cnncodes.pipelines import logreg
+
+    X, y, folds = _imbalanced()
+    space = {"classifier__class_weight": [None, "balanced"]}
+    chosen = {scoring: search_pipeline(logreg.build(), space, X, y, folds, scoring=scoring)
+              for scoring in SCORINGS}
+    # accuracy rewards calling everything the common class; balanced accuracy does not
+    assert chosen["accuracy"].best_params == {"classifier__class_weight": None}
+    assert chosen["balanced_accuracy"].best_params == {"classifier__class_weight": "balanced"}
+    for weight, candidate in zip(space["classifier__class_weight"],
+                                 chosen["balanced_accuracy"].candidates, strict=True):
+        model = logreg.build(classifier__class_weight=weight).fit(X[:400], y[:400])
+        assert candidate["score"] == pytest.approx(
+            balanced_accuracy_score(y[400:], model.predict(X[400:])))
+    # balanced weights are sklearn's n / (classes * count)
+    assert balanced_weights(y[:400], 2) == pytest.approx([400 / (2 * 360), 400 / (2 * 40)])
+    majority = np.zeros(200, int)
+    assert score("accuracy", y[400:], majority) == pytest.approx(0.9)
+    assert score("balanced_accuracy", y[400:], majority) == pytest.approx(0.5)
+    assert score("macro_f1", y[400:], majority) == pytest.approx((2 * 0.9 / 1.9) / 2)
+
+
+def test_compare_rejects_unknown_scoring_and_class_weight(small_hymenoptera: Path, runner) -> None:
+    result = runner.invoke(main, ["compare", str(small_hymenoptera), "--scoring", "auc"])
+    assert result.exit_code == 2 and "'auc' is not one of" in result.output
+    with pytest.raises(CnnCodesError, match=r"--scoring 'f1' is not one of accuracy, "
+                       r"balanced_accuracy, macro_f1"):
+        compare(source=str(small_hymenoptera), scoring="f1", progress=False)
+    with pytest.raises(CnnCodesError, match=r"--class-weight 'auto' is not one of none, balanced"):
+        finetune(source=str(small_hymenoptera), class_weight="auto", progress=False)
+
+
+def test_compare_csv_from_another_directory_on_fashion_mnist(fashion_mnist: Path,
+                                                             tmp_path: Path) -> None:
+    """The real command in a subprocess, run elsewhere: stdout is the CSV table alone."""
+    env = {k: v for k, v in os.environ.items() if k != "CNNCODES_CACHE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "cnncodes", "compare", str(fashion_mnist), "--limit", "60",
+         "--epochs", "2", "--layer", "blocks.5", "--scoring", "balanced_accuracy",
+         "--class-weight", "balanced", "--format", "csv"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_csv(io.StringIO(done.stdout))
+    assert [s.split()[0] for s in table.strategy] == ["1", "2", "3", "4"]
+    assert list(table.columns) == [
+        "strategy", "trained", "trainable_params", "seconds", "peak_memory_mib",
+        "epochs_budget", "best_epoch", "converged",
+        "val_accuracy", "n_val", "val_ci95_low", "val_ci95_high", "val_balanced_accuracy",
+        "test_accuracy", "n_test", "test_ci95_low", "test_ci95_high", "test_balanced_accuracy",
+        "p_vs_best", "vs_best",
+    ]
+    for split in ("val", "test"):
+        assert (table[f"{split}_ci95_low"] <= table[f"{split}_accuracy"]).all()
+        assert (table[f"{split}_accuracy"] <= table[f"{split}_ci95_high"]).all()
+    assert (table.n_test == 60).all()
+    assert table.trained[2].endswith("no augmentation")  # strategy 3: the frozen codes, as 1
+    assert (table.epochs_budget[2:] == 2).all() and table.best_epoch[2:].between(1, 2).all()
+    assert table.converged[2:].tolist() == [
+        "not converged" if epoch == 2 else "yes" for epoch in table.best_epoch[2:]]
+
+    out = next((tmp_path / "cache" / "compare").iterdir())  # relative to the cwd
+    predictions = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    test = predictions[predictions.split == "test"]
+    right = {k: g.set_index("path").eval("label == predicted") for k, g in test.groupby("strategy")}
+    assert sorted(right) == ["1", "2", "3", "4"]
+    assert all(len(r) == 60 and set(r.index) == set(right["1"].index) for r in right.values())
+    for index, strategy in enumerate("1234"):  # the table's figures from the predictions
+        assert table.test_accuracy[index] == pytest.approx(right[strategy].mean(), abs=1e-4)
+    best = str(table.strategy[table.vs_best == "best"].iloc[0]).split()[0]
+    for index, strategy in enumerate("1234"):
+        if strategy != best:
+            paths = right[best].index
+            p = mcnemar_exact(right[best].loc[paths], right[strategy].loc[paths])[2]
+            assert table.p_vs_best[index] == pytest.approx(p, abs=1e-4)
+            assert table.vs_best[index] == ("differs" if p < 0.05 else "n.s.")
+    config = json.loads((out / "strategy3" / "finetune.json").read_text())["config"]
+    assert (config["scoring"], config["class_weight"], config["augment"]) == (
+        "balanced_accuracy", "balanced", False)

@@ -32,7 +32,8 @@ from .options import (
               help="Most epochs (early stopping may end sooner); with --sizes, in all, shared "
               "out over the sizes evenly, the remainder to the largest (7 over 3 sizes: 2,2,3).")
 @click.option("--batch-size", "-b", default=32, show_default=True, help="Images per step.")
-@click.option("--lr", type=float, help="Head learning rate (default 1e-3 AdamW, 1e-2 SGD).")
+@click.option("--lr", type=float, help="Head learning rate (default 1e-3 AdamW, 1e-2 SGD; "
+              "1e-2 AdamW for strategy 3's linear head).")
 @click.option("--lr-decay", default=0.3, show_default=True,
               help="Each earlier layer group trains at this times the rate of the one above.")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
@@ -40,8 +41,9 @@ from .options import (
               show_default=True)
 @click.option("--weight-decay", default=0.01, show_default=True)
 @click.option("--dropout", default=0.2, show_default=True, help="Dropout inside the MLP head.")
-@click.option("--augment/--no-augment", default=True, show_default=True,
-              help="Random resized crop + flip on training images.")
+@click.option("--augment/--no-augment", default=None,
+              help="Random resized crop + flip on training images (default: on for strategy "
+              "4; off for 3, whose head then trains on the frozen codes, computed once).")
 @click.option("--patience", default=3, show_default=True,
               help="Early stopping: epochs without better val accuracy (0: off).")
 @click.option("--progressive", is_flag=True, help="Strategy 4: unfreeze one layer group per epoch.")

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from ..scoring import CLASS_WEIGHTS, SCORINGS
 from .options import (
     TABLE_FORMATS,
     check_out,
@@ -28,6 +29,20 @@ from .options import (
               help="Candidate earlier layer for strategy 2 (repeat); default: the last three stages.")
 @pool_option
 @click.option("--epochs", "-e", default=5, show_default=True, help="Most epochs for strategies 3 and 4.")
+@click.option("--lr", type=float,
+              help="Head learning rate of strategies 3 and 4 (default: as 'cnncodes finetune').")
+@click.option("--augment/--no-augment", default=None,
+              help="Random resized crop + flip for strategies 3 and 4 (default: off for 3, "
+              "whose head then trains on the frozen codes as 1 does; on for 4).")
+@click.option("--patience", default=3, show_default=True,
+              help="Early stopping of 3 and 4: epochs without a better val score (0: off).")
+@click.option("--scoring", type=click.Choice(SCORINGS), default="accuracy", show_default=True,
+              help="What every selection maximises on val: C of 1-2, the layer of 2, the "
+              "best epoch of 3-4.")
+@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none",
+              show_default=True,
+              help="balanced: weigh classes by n/(classes*count) in every strategy's loss "
+              "(sklearn class_weight, weighted cross-entropy); for imbalanced data.")
 @unfreeze_option
 @head_option
 @click.option("--batch-size", "-b", default=32, show_default=True, help="Images per training step.")
@@ -44,6 +59,11 @@ def compare(source: str, layers: tuple[str, ...], head: str | None, fmt: str, qu
     SOURCE needs training images; a val split is used as it is, otherwise --val-fraction
     of each class's training images is held out (seeded) and every strategy chooses on
     that same set. A test split is only scored, never chosen on.
+
+    Each accuracy comes with n and a 95 % Wilson interval; vs_best marks the rows whose
+    accuracy differs from the best row's (exact McNemar, p < 0.05, on the same test
+    images, or val without test). Rows 3 and 4 give their epoch budget, best epoch and
+    "not converged" when the best epoch was the last.
     """
     from ..finetuning.finetune import parse_head
     from ..studies.compare import CompareConfig

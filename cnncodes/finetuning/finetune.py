@@ -41,6 +41,7 @@ from ..nets.surgery import (
 from ..paths import FINETUNE_FILE, PREDICTIONS_FILE, default_runs_dir
 from ..progress import Progress, log
 from ..runtime import amp_dtype, resolve_device, setup_runtime
+from ..scoring import balanced_weights, check_class_weight, check_scoring, score
 from .trainer import (
     EpochRecord,
     ImageBank,
@@ -73,6 +74,9 @@ STRATEGIES = (3, 4)
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle", "constant")
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
+# A new linear layer on a frozen body is a convex problem far from its optimum at 1e-3
+# after a few epochs (train loss 0.44 vs 0.11 at 1e-2 on Fashion-MNIST codes).
+LINEAR_HEAD_LR = 1e-2
 DEFAULT_HEAD = {3: (), 4: (256,)}
 MIN_SIZE = 32  # the last feature map of a 1/32-resolution network stays one pixel or more
 
@@ -153,14 +157,23 @@ class FinetuneConfig:
         dropout: dropout between the hidden layers of the head.
         epochs: most epochs to train (early stopping may end sooner).
         batch_size: images per step.
-        lr: learning rate of the head; default 1e-3 (AdamW) or 1e-2 (SGD).
+        lr: learning rate of the head; default 1e-3 (AdamW) or 1e-2 (SGD), and 1e-2 with
+            AdamW for strategy 3's single linear layer, which at 1e-3 was still far from
+            trained after 5 epochs (bench/results/compare_strategy3.md).
         lr_decay: each layer group below the head gets ``lr_decay`` times the rate of the
             group above it (discriminative learning rates).
         optimizer: ``adamw`` or ``sgd`` (Nesterov momentum 0.9).
         weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
         schedule: ``cosine`` (warm-up then cosine decay), ``onecycle`` or ``constant``.
-        augment: random resized crop + horizontal flip for training images.
-        patience: stop after this many epochs without a better val accuracy (0: never).
+        augment: random resized crop + horizontal flip for training images; None: on for
+            strategy 4, off for 3 (whose head then trains on the frozen body's codes of
+            the images as they are predicted, computed once; crops cost strategy 3 a point
+            of test accuracy on Fashion-MNIST, bench/results/compare_strategy3.md).
+        patience: stop after this many epochs without a better val score (0: never).
+        scoring: what the best epoch maximises on val: ``accuracy``, ``balanced_accuracy``
+            or ``macro_f1`` (:mod:`cnncodes.scoring`); ties go to the lower val loss.
+        class_weight: ``balanced``: a cross-entropy weighted by ``n / (classes * count)``
+            of the training images per class; ``none``: every image alike.
         progressive: strategy 4: train the head alone first, then unfreeze one more layer
             group (from the top) at the start of each epoch.
         sizes: progressive resizing: train at each of these image sizes in turn (ascending,
@@ -197,8 +210,10 @@ class FinetuneConfig:
     optimizer: str = "adamw"
     weight_decay: float = 0.01
     schedule: str = "cosine"
-    augment: bool = True
+    augment: bool | None = None
     patience: int = 3
+    scoring: str = "accuracy"
+    class_weight: str = "none"
     progressive: bool = False
     sizes: tuple[int, ...] | None = None
     freeze_bn: bool = True
@@ -250,6 +265,10 @@ class FinetuneConfig:
             raise CnnCodesError(f"--dropout must be in [0, 1); got {self.dropout!r}.")
         if self.patience < 0:
             raise CnnCodesError(f"--patience must be 0 (off) or more; got {self.patience!r}.")
+        check_scoring(self.scoring)
+        check_class_weight(self.class_weight)
+        if self.augment is None:
+            object.__setattr__(self, "augment", self.strategy == 4)
         if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
             raise CnnCodesError(
                 f"--val-fraction must be in (0, 1), e.g. 0.2; got {self.val_fraction!r}."
@@ -268,7 +287,10 @@ class FinetuneConfig:
 
     @property
     def head_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        if self.lr is not None:
+            return self.lr
+        linear = self.strategy == 3 and not self.head_sizes and self.replace_fc == 1
+        return LINEAR_HEAD_LR if linear and self.optimizer == "adamw" else DEFAULT_LR[self.optimizer]
 
 
 @dataclass
@@ -546,7 +568,7 @@ def _batches(config: FinetuneConfig, built: _Built, plan: _Plan, images: _Images
     size; ``val_batches`` when given, from an earlier stage); with the body frozen
     throughout, head features instead."""
     train_loader = images.loader(
-        "train", sized_transform(images.eval_transform, size, augment=config.augment), True
+        "train", sized_transform(images.eval_transform, size, augment=bool(config.augment)), True
     )
     if built.order:  # the body trains: every epoch runs the whole model
         if val_batches is None:
@@ -573,8 +595,8 @@ def _batches(config: FinetuneConfig, built: _Built, plan: _Plan, images: _Images
 def _train(
     config: FinetuneConfig, built: _Built, plan: _Plan, images: _Images, run_dir: Path,
 ) -> _Training:
-    """Run the epochs, stage by stage with ``sizes``; keep the best checkpoint (by val
-    accuracy, then val loss) over every stage, all validated at the model's own size.
+    """Run the epochs, stage by stage with ``sizes``; keep the best checkpoint (by the val
+    ``config.scoring``, then val loss) over every stage, all validated at the model's own size.
 
     Writes ``metrics.csv`` after every epoch; stops after ``config.patience`` epochs
     without improvement (when not 0). With ``sizes`` the count starts again at the last
@@ -593,20 +615,38 @@ def _train(
     best: tuple[float, float] = (-1.0, float("inf"))
     best_epoch, waited = 0, 0
     checkpoint = run_dir / CHECKPOINT_FILE
+    weights, val_labels = _class_weights(config, built, images), _labels(built, images, "val")
     for epoch, size in enumerate(epoch_sizes, start=1):
         if size != batches.size:  # the next stage of progressive resizing
             batches, waited = _batches(config, built, plan, images, size, batches.val_batches), 0
-        record = _epoch(config, built, plan, batches, epoch, scheduler=scheduler, scaler=scaler)
+        record = _epoch(config, built, plan, batches, epoch, scheduler=scheduler, scaler=scaler,
+                        class_weights=weights, val_labels=val_labels)
         history.append(record)
         write_metrics(run_dir / "metrics.csv", history)
-        if (record.val_accuracy, -record.val_loss) > (best[0], -best[1]):
-            best, best_epoch, waited = (record.val_accuracy, record.val_loss), epoch, 0
+        chosen = record.val_accuracy if record.val_score is None else record.val_score
+        if (chosen, -record.val_loss) > (best[0], -best[1]):
+            best, best_epoch, waited = (chosen, record.val_loss), epoch, 0
             _save(built.model, checkpoint)
         else:
             waited += 1
             if config.patience and waited >= config.patience and size == epoch_sizes[-1]:
                 break
     return _Training(history, best_epoch, checkpoint)
+
+
+def _labels(built: _Built, images: _Images, split: str) -> np.ndarray:
+    """Class indices of a split's decoded images, in the order its loaders give them."""
+    bank = images.banks[split]
+    return np.array([built.source.items[p].label for p in images.splits[split]
+                     if p in bank.images], dtype=np.int64)
+
+
+def _class_weights(config: FinetuneConfig, built: _Built, images: _Images) -> torch.Tensor | None:
+    """``balanced`` weights of the training images' classes, or None (``class_weight`` none)."""
+    if config.class_weight == "none":
+        return None
+    labels = _labels(built, images, "train")
+    return torch.as_tensor(balanced_weights(labels, len(built.source.classes)), dtype=torch.float32)
 
 
 def _unfreeze(config: FinetuneConfig, built: _Built, plan: _Plan, epoch: int) -> list[str]:
@@ -626,9 +666,11 @@ def _unfreeze(config: FinetuneConfig, built: _Built, plan: _Plan, epoch: int) ->
 
 def _epoch(
     config: FinetuneConfig, built: _Built, plan: _Plan, batches: _Batches, epoch: int,
-    *, scheduler: Any, scaler: Any,
+    *, scheduler: Any, scaler: Any, class_weights: torch.Tensor | None = None,
+    val_labels: np.ndarray | None = None,
 ) -> EpochRecord:
-    """Train one epoch, then score it on the val split."""
+    """Train one epoch, then score it on the val split (``val_score`` by ``config.scoring``
+    when that is not accuracy; ``val_labels`` are the val images' classes)."""
     epoch_started = time.perf_counter()
     unfrozen = _unfreeze(config, built, plan, epoch)
     device, amp = plan.device, plan.amp
@@ -639,17 +681,19 @@ def _epoch(
                   desc=desc) as bar:
         train_loss, train_accuracy = train_epoch(
             batches.train_model, batches.train_batches, plan.optimizer, scheduler,
-            device=device, amp=amp, scaler=scaler, bar=bar,
+            device=device, amp=amp, scaler=scaler, bar=bar, class_weights=class_weights,
         )
-        val_loss, val_accuracy, _ = evaluate(
+        val_loss, val_accuracy, probabilities = evaluate(
             built.model, batches.val_batches, device=device, amp=amp, head=batches.head
         )
+        val_score = None if config.scoring == "accuracy" or val_labels is None else score(
+            config.scoring, val_labels, probabilities.argmax(1).numpy())
         bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_accuracy:.3f}",
                         val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.3f}")
     return EpochRecord(
         epoch, plan.optimizer.param_groups[-1]["lr"], train_loss, train_accuracy, val_loss,
         val_accuracy, time.perf_counter() - epoch_started,
-        "+".join([*reversed(unfrozen), HEAD_GROUP]), batches.size,
+        "+".join([*reversed(unfrozen), HEAD_GROUP]), batches.size, val_score,
     )
 
 

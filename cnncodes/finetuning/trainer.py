@@ -67,6 +67,7 @@ class EpochRecord:
     seconds: float
     trainable_groups: str
     size: int = 0  # the training images' side in pixels (progressive resizing: per stage)
+    val_score: float | None = None  # the val score selection uses, when not accuracy
 
 
 class ImageBank:
@@ -230,9 +231,12 @@ def _autocast(device: torch.device, amp: bool) -> Any:
 def train_epoch(
     model: nn.Module, loader: torch.utils.data.DataLoader, optimizer: torch.optim.Optimizer,
     scheduler: Any, *, device: torch.device, amp: bool, scaler: Any, bar: Any,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """One pass over ``loader``; returns (mean loss, accuracy)."""
-    loss_fn = nn.CrossEntropyLoss()
+    """One pass over ``loader``; returns (mean loss, accuracy). ``class_weights``: one
+    weight per class in the cross-entropy (``class_weight="balanced"``)."""
+    loss_fn = nn.CrossEntropyLoss(
+        weight=None if class_weights is None else class_weights.to(device))
     total_loss, correct, seen = 0.0, 0, 0
     for images, labels in loader:
         images, labels = _to_device(images, labels, device)

@@ -55,6 +55,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import Pipeline
 
+from ..scoring import score as score_predictions
+
 __all__ = ["SearchResult", "search_pipeline", "fit_final", "PATH_PATIENCE", "PATH_STRIDE",
            "thread_budget", "limit_threads"]
 
@@ -73,7 +75,7 @@ class SearchResult:
 
     Attributes:
         best_params: the chosen candidate, in ``set_params`` names.
-        best_score: its mean held-out accuracy over the folds.
+        best_score: its mean held-out score (accuracy unless another scoring) over the folds.
         candidates: every evaluated candidate: params, mean score, per-fold scores and
             seconds, in evaluation order.
         held_out_predictions: held-out predicted labels of the best candidate for every
@@ -182,8 +184,9 @@ def search_pipeline(
     path_parameter: str | None = None,
     patience: int = PATH_PATIENCE,
     n_jobs: int | None = None,
+    scoring: str = "accuracy",
 ) -> SearchResult:
-    """Score every candidate of ``space`` by held-out accuracy; return the best.
+    """Score every candidate of ``space`` by held-out ``scoring``; return the best.
 
     Args:
         pipeline: unfitted pipeline; candidates are applied with ``set_params``.
@@ -198,6 +201,8 @@ def search_pipeline(
             equal) before the walk stops.
         n_jobs: folds fitted side by side (threads); None: as many as cores and folds
             allow. The cores are shared out among them (:func:`thread_budget`).
+        scoring: what a candidate's held-out predictions are scored by, one of
+            :data:`cnncodes.scoring.SCORINGS` (mean over the folds).
 
     Returns:
         The best candidate (among equal scores the first in grid order, i.e. the most
@@ -214,7 +219,7 @@ def search_pipeline(
     jobs, threads = thread_budget(len(folds), n_jobs)
     with limit_threads(threads, torch_too=_uses_torch(pipeline)), \
             Parallel(n_jobs=jobs, backend="threading", batch_size=1) as parallel:
-        walk = _Walk(pipeline, X, y, folds, prefit, warm, prefix, parallel)
+        walk = _Walk(pipeline, X, y, folds, prefit, warm, prefix, parallel, scoring)
         for group in _path_groups(space, path_parameter):
             walk.path(group, path_parameter is not None, patience)
     return SearchResult(
@@ -263,11 +268,11 @@ class _Walk:
 
     def __init__(self, pipeline: Pipeline, X: np.ndarray, y: np.ndarray,
                  folds: Sequence[Fold], prefit: bool, warm: bool, prefix: str,
-                 parallel: Any) -> None:
+                 parallel: Any, scoring: str = "accuracy") -> None:
         from joblib import delayed
 
         self.pipeline, self.y, self.prefit, self.warm, self.prefix = pipeline, y, prefit, warm, prefix
-        self.parallel, self.delayed = parallel, delayed
+        self.parallel, self.delayed, self.scoring = parallel, delayed, scoring
         self.prepared: list[_Fold] = parallel(
             delayed(_Fold)(pipeline, X, y, fold, prefit) for fold in folds)
         self.best_score = -np.inf
@@ -348,7 +353,7 @@ class _Walk:
         scores = []
         for task in tasks:
             predictions[task.fold.held_out] = task.predicted
-            scores.append(float(np.mean(task.predicted == task.fold.y_held_out)))
+            scores.append(score_predictions(self.scoring, task.fold.y_held_out, task.predicted))
         score = float(np.mean(scores))
         self.candidates.append({
             "params": params, "score": score, "fold_scores": scores,

@@ -9,6 +9,12 @@ All four choose on one validation set: the source's val split or, for data that 
 train and test only (or without any split), a seeded stratified share of the training
 images, drawn from the code store's training rows at run time and handed to every
 strategy by path. The store and its cache key stay as they are.
+
+Every accuracy comes with its n and 95 % Wilson interval, and each row is tested against
+the best row with the exact McNemar test on the same images (test, or val when there is
+no test split), from the per-image predictions every strategy writes. ``scoring`` chooses
+what every selection maximises (C, the layer of strategy 2, the best epoch of 3 and 4);
+``class_weight="balanced"`` weighs the classes in every strategy's training loss.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ from ..nets.backbones import DEFAULT_MODEL, load_backbone
 from ..nets.layers import node_names, resolve_layer
 from ..nets.surgery import install_head, layer_groups
 from ..paths import default_dir
+from ..probe.model import PREDICTIONS_FILE
 from ..progress import log
+from ..scoring import check_class_weight, check_scoring, score
+from .significance import ALPHA, mcnemar_exact, wilson_interval
 
 __all__ = ["COMPARE_FILE", "CompareConfig", "CompareResult", "compare", "earlier_layers",
            "validation_set"]
@@ -42,8 +51,17 @@ COMPARE_FILE = "compare.json"
 
 TABLE_COLUMNS = [
     "strategy", "trained", "trainable_params", "seconds", "peak_memory_mib",
-    "val_accuracy", "test_accuracy",
+    "epochs_budget", "best_epoch", "converged",
+    "val_accuracy", "n_val", "val_ci95_low", "val_ci95_high",
+    "test_accuracy", "n_test", "test_ci95_low", "test_ci95_high",
+    "p_vs_best", "vs_best",
 ]
+"""The table's columns (``val_<scoring>``/``test_<scoring>`` follow the accuracies when
+``scoring`` is not accuracy; the test columns go when there is no test split).
+``epochs_budget``/``best_epoch``/``converged`` are for strategies 3 and 4 (``not
+converged``: the best epoch was the last one allowed); ``p_vs_best`` is the exact McNemar
+p-value against the best row on the scored split, ``vs_best`` reads it: ``best``,
+``differs`` (p < 0.05) or ``n.s.``."""
 # An earlier layer must sit at least this many nodes before the penultimate code; closer
 # ones (the last stage before global pooling) give the same codes again.
 MIN_NODE_GAP = 4
@@ -62,6 +80,13 @@ class CompareConfig:
             three stages that come before the penultimate code.
         pool: pooling of the earlier layers' maps.
         epochs: most epochs for strategies 3 and 4.
+        lr: head learning rate of strategies 3 and 4; None: fine-tuning's default.
+        augment: random resized crop + flip for strategies 3 and 4; None: fine-tuning's
+            default, off for 3 (whose head then trains on the frozen body's codes, as 1's
+            probe does), on for 4.
+        patience: early stopping of 3 and 4 (epochs without a better val score; 0: off).
+        scoring: what every selection maximises on val (:data:`cnncodes.scoring.SCORINGS`).
+        class_weight: ``balanced`` or ``none`` (:mod:`cnncodes.scoring`), for every strategy.
         unfreeze_from, head: strategy 4 options (see :class:`FinetuneConfig`).
         batch_size: images per training step.
         limit: first N images of each split only (quick experiments).
@@ -81,6 +106,11 @@ class CompareConfig:
     layers: tuple[str, ...] | None = None
     pool: str = "avg"
     epochs: int = 5
+    lr: float | None = None
+    augment: bool | None = None
+    patience: int = 3
+    scoring: str = "accuracy"
+    class_weight: str = "none"
     unfreeze_from: str | None = None
     head: tuple[int, ...] | None = None
     batch_size: int = 32
@@ -100,6 +130,8 @@ class CompareConfig:
             )
         if self.layers is not None and not self.layers:
             raise CnnCodesError("layers must name at least one earlier layer, or be None.")
+        check_scoring(self.scoring)
+        check_class_weight(self.class_weight)
 
 
 @dataclass
@@ -186,7 +218,8 @@ def validation_set(store_path: Path, *, val_fraction: float = 0.2, seed: int = 0
     return validation_record(chosen, origin=origin, fraction=val_fraction, seed=seed)
 
 
-def _notes(validation: dict[str, Any], has_test: bool, n_test: int) -> list[str]:
+def _notes(validation: dict[str, Any], has_test: bool, n_test: int,
+           config: CompareConfig) -> list[str]:
     count = validation["count"]
     if validation["origin"] == "val split":
         chosen = f"every strategy is chosen on the source's val split ({count} images)"
@@ -199,7 +232,15 @@ def _notes(validation: dict[str, Any], has_test: bool, n_test: int) -> list[str]
         )
     test = (f"test ({n_test} images) is scored once, after every choice" if has_test
             else "no test split, so no test accuracy")
-    return [chosen, test]
+    weights = "; classes weighted 'balanced'" if config.class_weight == "balanced" else ""
+    significance = (
+        f"selection maximises val {config.scoring}{weights}; accuracies with n and a 95 % "
+        f"Wilson interval; vs_best: exact McNemar test against the best row on the same "
+        f"{'test' if has_test else 'val'} images (differs: p < {ALPHA}; each row tested "
+        "alone, no correction for the three tests)")
+    if not has_test:
+        significance += "; val also chose every setting, so its scores are optimistic"
+    return [chosen, test, significance]
 
 
 def _extract_codes(config: CompareConfig, candidates: list[str]) -> tuple[ExtractResult, float, float]:
@@ -216,22 +257,32 @@ def _extract_codes(config: CompareConfig, candidates: list[str]) -> tuple[Extrac
     return extracted, time.perf_counter() - started, monitor.peak_rss_mib
 
 
+def _read_predictions(run_dir: Path) -> pd.DataFrame:
+    """A run's held-out predictions (``path``, ``split``, ``label``, ``predicted``)."""
+    return pd.read_csv(run_dir / PREDICTIONS_FILE, dtype=str, keep_default_na=False)
+
+
+def _split_score(config: CompareConfig, predictions: pd.DataFrame, split: str) -> float | None:
+    rows = predictions[predictions["split"] == split]
+    return score(config.scoring, rows["label"], rows["predicted"]) if len(rows) else None
+
+
 def _code_strategies(
     config: CompareConfig, out: Path, codes: tuple[ExtractResult, float, float],
     val_paths: tuple[str, ...] | None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Strategies 1 and 2: one fit per layer of the extracted codes."""
+    """Strategies 1 and 2: one fit per layer of the extracted codes; strategy 2's layer is
+    the earlier one with the best val ``scoring``."""
     from ..probe.fit import fit_pipeline  # scikit-learn side, imported only when comparing
 
     extracted, extract_seconds, extract_memory = codes
     penultimate = extracted.layers[0]
+    options: dict[str, Any] = dict(clf=config.clf, seed=config.seed, progress=config.progress,
+                   val_paths=val_paths, scoring=config.scoring, class_weight=config.class_weight)
     monitor = MemoryMonitor()
     with monitor.track():
         started = time.perf_counter()
-        first = fit_pipeline(
-            extracted.path, clf=config.clf, layer=penultimate, out=out / "strategy1",
-            seed=config.seed, progress=config.progress, val_paths=val_paths,
-        )
+        first = fit_pipeline(extracted.path, layer=penultimate, out=out / "strategy1", **options)
         fit_seconds = time.perf_counter() - started
     note = "cached codes" if extracted.cached else f"extraction {extract_seconds:.0f}s shared with 2"
     rows = [{
@@ -240,8 +291,7 @@ def _code_strategies(
         "trainable_params": _linear_params(first),
         "seconds": extract_seconds + fit_seconds,
         "peak_memory_mib": max(extract_memory, monitor.peak_rss_mib),
-        "val_accuracy": first.metrics.get("val_accuracy"),
-        "test_accuracy": first.metrics.get("test_accuracy"),
+        "predictions": _read_predictions(first.run_dir),
     }]
     fits: dict[str, Any] = {penultimate: first}
     monitor = MemoryMonitor()
@@ -249,24 +299,22 @@ def _code_strategies(
         started = time.perf_counter()
         for layer in extracted.layers[1:]:
             fits[layer] = fit_pipeline(
-                extracted.path, clf=config.clf, layer=layer,
-                out=out / f"strategy2-{layer.replace('.', '_')}", seed=config.seed,
-                progress=config.progress, val_paths=val_paths,
-            )
+                extracted.path, layer=layer, out=out / f"strategy2-{layer.replace('.', '_')}",
+                **options)
         fit_seconds = time.perf_counter() - started
-    earlier = {name: fits[name] for name in extracted.layers[1:]}
-    best = max(earlier, key=lambda name: earlier[name].metrics.get("val_accuracy") or 0.0)
-    tried = ", ".join(
-        f"{name} {earlier[name].metrics.get('val_accuracy') or 0:.3f}" for name in earlier
-    )
+    predicted = {name: _read_predictions(fits[name].run_dir) for name in extracted.layers[1:]}
+    val_scores = {name: _split_score(config, frame, "val") or 0.0
+                  for name, frame in predicted.items()}
+    best = max(val_scores, key=lambda name: val_scores[name])
+    tried = ", ".join(f"{name} {value:.3f}" for name, value in val_scores.items())
     rows.append({
         "strategy": f"2 earlier codes + {config.clf}",
-        "trained": f"{config.clf} on {best} ({extracted.dims[best]}-d), best on val of: {tried}",
-        "trainable_params": _linear_params(earlier[best]),
+        "trained": f"{config.clf} on {best} ({extracted.dims[best]}-d), best val "
+                   f"{config.scoring} of: {tried}",
+        "trainable_params": _linear_params(fits[best]),
         "seconds": (0.0 if extracted.cached else extract_seconds) + fit_seconds,
         "peak_memory_mib": monitor.peak_rss_mib,
-        "val_accuracy": earlier[best].metrics.get("val_accuracy"),
-        "test_accuracy": earlier[best].metrics.get("test_accuracy"),
+        "predictions": predicted[best],
     })
     return rows, fits
 
@@ -283,7 +331,9 @@ def _finetune_strategies(
         settings = FinetuneConfig(
             source=config.source, strategy=strategy, model=config.model, weights=config.weights,
             unfreeze_from=config.unfreeze_from if strategy == 4 else None,
-            head=config.head if strategy == 4 else None, epochs=config.epochs,
+            head=config.head if strategy == 4 else None, epochs=config.epochs, lr=config.lr,
+            augment=config.augment, patience=config.patience, scoring=config.scoring,
+            class_weight=config.class_weight,
             batch_size=config.batch_size, limit=config.limit, out=str(out / f"strategy{strategy}"),
             device=config.device, seed=config.seed, progress=config.progress,
             val_fraction=config.val_fraction, val_paths=val_paths,
@@ -291,21 +341,80 @@ def _finetune_strategies(
         monitor = MemoryMonitor()
         with monitor.track():
             runs[strategy] = result = finetune(settings)
-        memory = monitor.peak_cuda_mib or monitor.peak_rss_mib
+        epochs_run = len(result.history)
         rows.append({
             "strategy": "3 frozen body + new head" if strategy == 3 else "4 fine-tune top + new head",
-            "trained": f"{result.trained}; best epoch {result.best_epoch}/{len(result.history)}",
+            "trained": f"{result.trained}; lr {settings.head_lr:g}, "
+                       f"{'augmented' if settings.augment else 'no augmentation'}",
             "trainable_params": result.trainable_params,
             "seconds": result.seconds,
-            "peak_memory_mib": memory,
-            "val_accuracy": result.val_accuracy,
-            "test_accuracy": result.test_accuracy,
+            "peak_memory_mib": monitor.peak_cuda_mib or monitor.peak_rss_mib,
+            "epochs_budget": config.epochs,
+            "best_epoch": result.best_epoch,
+            "converged": "not converged" if result.best_epoch == epochs_run else "yes",
+            "predictions": _read_predictions(result.run_dir),
         })
     return rows, runs
 
 
+def _accuracy_columns(row: dict[str, Any], config: CompareConfig, splits: list[str]) -> None:
+    """Accuracy, n and the 95 % Wilson interval (and the ``scoring`` score) per split."""
+    predictions = row["predictions"]
+    for split in splits:
+        rows = predictions[predictions["split"] == split]
+        n, correct = len(rows), int((rows["label"] == rows["predicted"]).sum())
+        low, high = wilson_interval(correct, n)
+        row.update({f"{split}_accuracy": correct / n if n else None, f"n_{split}": n,
+                    f"{split}_ci95_low": low, f"{split}_ci95_high": high})
+        if config.scoring != "accuracy":
+            row[f"{split}_{config.scoring}"] = _split_score(config, predictions, split)
+
+
+def _mark_best(rows: list[dict[str, Any]], config: CompareConfig, split: str) -> None:
+    """``p_vs_best``/``vs_best``: the exact McNemar test of each row against the row with
+    the best ``scoring`` on ``split``, on the images both predicted."""
+    key = f"{split}_{config.scoring}"
+    values = [float(row[key]) if row.get(key) is not None else -1.0 for row in rows]
+    best = int(np.argmax(values))
+    outcome = [row["predictions"][row["predictions"]["split"] == split]
+               .assign(right=lambda f: f["label"] == f["predicted"]).set_index("path")["right"]
+               for row in rows]
+    for index, row in enumerate(rows):
+        if index == best:
+            row.update(p_vs_best=None, vs_best="best")
+            continue
+        shared = outcome[best].index.intersection(outcome[index].index)
+        _, _, p = mcnemar_exact(outcome[best].loc[shared].to_numpy(),
+                                outcome[index].loc[shared].to_numpy())
+        row.update(p_vs_best=p, vs_best="differs" if p < ALPHA else "n.s.")
+
+
+def _table(rows: list[dict[str, Any]], config: CompareConfig, has_test: bool) -> pd.DataFrame:
+    """The rows as the table: accuracy columns, significance against the best, and the
+    columns of :data:`TABLE_COLUMNS` in order."""
+    splits = ["val", "test"] if has_test else ["val"]
+    for row in rows:
+        _accuracy_columns(row, config, splits)
+    _mark_best(rows, config, splits[-1])
+    columns = list(TABLE_COLUMNS)
+    if not has_test:
+        columns = [c for c in columns if "test" not in c]
+    if config.scoring != "accuracy":
+        for split in splits:
+            columns.insert(columns.index(f"{split}_ci95_high") + 1, f"{split}_{config.scoring}")
+    table = pd.DataFrame([{k: v for k, v in row.items() if k != "predictions"} for row in rows],
+                         columns=columns)
+    # Whole seconds and MiB: the float format of a rendered table would add fake digits.
+    table["seconds"] = table["seconds"].round().astype(int)
+    table["peak_memory_mib"] = table["peak_memory_mib"].round().astype(int)
+    for column in ("epochs_budget", "best_epoch", *[f"n_{split}" for split in splits]):
+        table[column] = table[column].astype("Int64")
+    table["converged"] = table["converged"].fillna("")
+    return table
+
+
 def compare(config: CompareConfig | None = None, /, **options: Any) -> CompareResult:
-    """Run strategies 1-4 on ``config.source`` and tabulate accuracy and cost.
+    """Run strategies 1-4 on ``config.source`` and tabulate accuracy, its certainty and cost.
 
     Call as ``compare(CompareConfig(...))`` or ``compare(source=..., epochs=3, ...)``.
 
@@ -313,6 +422,8 @@ def compare(config: CompareConfig | None = None, /, **options: Any) -> CompareRe
     on one validation set: the source's val split, or, without one, ``val_fraction`` of
     the training images (of all images when the source has no split), carved out by
     ``seed`` and recorded in ``compare.json`` and every run. Test images are only scored.
+    Every strategy's per-image predictions on val and test go to ``predictions.csv``
+    (column ``strategy``: 1-4), the table to ``compare.csv``.
 
     Raises:
         CnnCodesError: a source without labelled training images, or any bad option of
@@ -340,18 +451,16 @@ def compare(config: CompareConfig | None = None, /, **options: Any) -> CompareRe
             "out (a class needs at least two); add images or a val/ folder."
         )
     val_paths = None if validation["origin"] == "val split" else tuple(validation["paths"])
-    notes = _notes(validation, bool(test_items), len(test_items))
+    notes = _notes(validation, bool(test_items), len(test_items), config)
     _log(config, notes[0])
     code_rows, fits = _code_strategies(config, out, codes, val_paths)
     tune_rows, runs = _finetune_strategies(config, out, val_paths)
 
-    table = pd.DataFrame(code_rows + tune_rows, columns=TABLE_COLUMNS)
-    if not test_items:
-        table = table.drop(columns="test_accuracy")
-    # Whole seconds and MiB: the float format of a rendered table would add fake digits.
-    table["seconds"] = table["seconds"].round().astype(int)
-    table["peak_memory_mib"] = table["peak_memory_mib"].round().astype(int)
+    rows = code_rows + tune_rows
+    table = _table(rows, config, bool(test_items))
     table.attrs["notes"] = notes
+    pd.concat([row["predictions"].assign(strategy=row["strategy"].split()[0]) for row in rows]
+              ).to_csv(out / PREDICTIONS_FILE, index=False)
     curves = plot_curves(
         {"strategy 3": runs[3].history, "strategy 4": runs[4].history}, out / "curves.png",
         title=f"{config.model} on {source.name}: strategies 3 and 4",

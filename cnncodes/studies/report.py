@@ -127,6 +127,8 @@ def format_table(frame: pd.DataFrame, fmt: str = "md", *, digits: int = 4) -> st
     # not float32's nearest neighbour 0.01772500015795231.
     frame = frame.astype({c: "float64" for c in frame.select_dtypes("float32").columns})
     frame = _whole_numbers(frame.round(digits))
+    if fmt in ("md", "latex", "html"):  # a missing value shows empty, not <NA> or nan
+        frame = _blank_missing(frame, floats=fmt == "md")
     if fmt == "md":
         return frame.to_markdown(index=False, floatfmt=f".{digits}f", missingval="")
     if fmt == "csv":
@@ -149,6 +151,20 @@ def _whole_numbers(frame: pd.DataFrame) -> pd.DataFrame:
             # Above 1 only: a score column of 0.0 and 1.0 stays a score.
             if (present == present.round()).all() and 1 < present.abs().max() < 2**53:
                 out[column] = values.astype("Int64")
+    return out
+
+
+def _blank_missing(frame: pd.DataFrame, *, floats: bool) -> pd.DataFrame:
+    """Gaps of nullable integer (and with ``floats`` of float) columns as empty cells:
+    renderers print pandas' missing integer as ``<NA>``, and Markdown a float NaN as
+    ``nan``, whatever their missing-value option (Markdown's only knows None)."""
+    out = frame.copy()
+    for column in out.columns:
+        values = out[column]
+        if isinstance(values.dtype, pd.Int64Dtype) and values.isna().any():
+            out[column] = [("" if pd.isna(v) else str(v)) for v in values]
+        elif floats and pd.api.types.is_float_dtype(values) and values.isna().any():
+            out[column] = values.astype(object).where(values.notna(), None)  # not "nan"
     return out
 
 
