@@ -228,3 +228,24 @@ def test_predict_tta_averages_seeded_views(runner, photos: Path, views_store: Pa
         from cnncodes.probe.predict import predict
 
         predict(run, val, tta=-1)
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_store_the_single_process_views(photos: Path, views_store: Path,
+                                                          tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "cnncodes", "extract", str(photos), "--views",
+               "2", "--out", "ranks.h5", "--part-size", "4", "--batch-size", "4", "-q"]
+    job = subprocess.run(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=600)
+    assert job.returncode == 0, job.stderr
+    with h5py.File(tmp_path / "ranks.h5") as got, h5py.File(views_store) as want:
+        for key in ("view", "source_index", "paths", "labels"):
+            assert np.array_equal(got[key][:], want[key][:]), key
+        assert got.attrs["store_key"] == want.attrs["store_key"]
+        np.testing.assert_allclose(got["codes/global_pool.flatten"][:],
+                                   want["codes/global_pool.flatten"][:], atol=1e-5, rtol=0)
