@@ -351,6 +351,7 @@ def plot_curves(curves: dict[str, Sequence[EpochRecord]], path: Path, *, title: 
                            label=f"{label} train")
         accuracy_axis.plot(epochs, [r.val_accuracy for r in records], "-o", color=color,
                            label=f"{label} val")
+        _mark_stages((loss_axis, accuracy_axis), records, color)
     for axis, name in ((loss_axis, "cross-entropy loss"), (accuracy_axis, "accuracy")):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
@@ -363,6 +364,18 @@ def plot_curves(curves: dict[str, Sequence[EpochRecord]], path: Path, *, title: 
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _mark_stages(axes: Sequence[Any], records: Sequence[EpochRecord], color: str) -> None:
+    """Progressive resizing: a dotted line and the size where each stage starts."""
+    if len({r.size for r in records}) < 2:
+        return
+    starts = [r for index, r in enumerate(records) if not index or r.size != records[index - 1].size]
+    for record in starts:
+        for axis in axes:
+            axis.axvline(record.epoch - 0.5, color=color, linestyle=":", linewidth=1)
+            axis.annotate(f"{record.size}px", (record.epoch - 0.45, 0.98), color=color,
+                          xycoords=("data", "axes fraction"), va="top", fontsize=7)
 
 
 class MemoryMonitor:
