@@ -10,9 +10,10 @@ The package follows the data, one sub-package per step:
                   decoding and the bad-file policy, validation carve-outs, the HDF5 store
 - ``nets``        backbones, weights and preprocessing, layer names, head surgery
 - ``extraction``  batched, device-aware, resumable extraction from a source into a store
-- ``probe``       scikit-learn pipelines on the codes: search, fit, safe persistence, predict
+- ``probe``       scikit-learn pipelines on the codes: search, fit, safe persistence, predict,
+                  a run as one torch module (export, in-memory predictor)
 - ``finetuning``  strategies 3 and 4 in PyTorch and the training loop
-- ``explainers``  saliency, Grad-CAM, activation grids, filters and their figures
+- ``explainers``  saliency, Grad-CAM, integrated gradients, activation grids, filters, figures
 - ``studies``     the four-strategy comparison, the advisor, the layer sweep, reports
 - ``cli``         the ``cnncodes`` command: one module per command group
 
@@ -40,6 +41,7 @@ _EXPORTS = {
     "ExplainConfig": "explainers.explain",
     "explain": "explainers.explain",
     "gradcam": "explainers.explain",
+    "integrated_gradients": "explainers.explain",
     "saliency": "explainers.explain",
     "ExtractConfig": "extraction.extract",
     "ExtractResult": "extraction.extract",
@@ -66,6 +68,9 @@ _EXPORTS = {
     "FittedModel": "probe.model",
     "load_model": "probe.model",
     "predict": "probe.predict",
+    "export_run": "probe.export",
+    "Predictor": "probe.serve",
+    "load_predictor": "probe.serve",
     "Advice": "studies.advise",
     "AdviseConfig": "studies.advise",
     "advise": "studies.advise",
@@ -100,6 +105,7 @@ __all__ = [
     "FitResult",
     "FittedModel",
     "ImageSource",
+    "Predictor",
     "StreamConfig",
     "SweepConfig",
     "SweepResult",
@@ -108,17 +114,20 @@ __all__ = [
     "compare",
     "confusion_table",
     "explain",
+    "export_run",
     "extract",
     "finetune",
     "fit_pipeline",
     "fit_streamed",
     "format_table",
     "gradcam",
+    "integrated_gradients",
     "list_backbones",
     "list_layers",
     "load_backbone",
     "load_model",
     "load_pipeline_module",
+    "load_predictor",
     "load_run",
     "open_source",
     "per_class_table",
@@ -149,14 +158,16 @@ if TYPE_CHECKING:  # static checkers see the real names
     from .data.sources import ImageSource, open_source
     from .data.store import CodeStore
     from .errors import CnnCodesError
-    from .explainers.explain import ExplainConfig, explain, gradcam, saliency
+    from .explainers.explain import ExplainConfig, explain, gradcam, integrated_gradients, saliency
     from .extraction.extract import ExtractConfig, ExtractResult, extract
     from .finetuning.finetune import FinetuneConfig, FinetuneResult, finetune, load_run, predict_run
     from .nets.backbones import DEFAULT_MODEL, Backbone, list_backbones, load_backbone
     from .nets.layers import CodeExtractor, list_layers, resolve_layer, resolve_layers
+    from .probe.export import export_run
     from .probe.fit import FitConfig, FitResult, fit_pipeline, load_pipeline_module
     from .probe.model import FittedModel, load_model
     from .probe.predict import predict
+    from .probe.serve import Predictor, load_predictor
     from .probe.stream import StreamConfig, fit_streamed
     from .studies.advise import Advice, AdviseConfig, advise
     from .studies.compare import CompareConfig, CompareResult, compare

@@ -98,3 +98,20 @@ def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("digits") / "digits.h5"
     return extract(source="sklearn:digits", limit=300, out=str(out), progress=False).path
+
+
+@pytest.fixture(scope="session")
+def hymenoptera_fit_run(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real ``cnncodes fit`` run (logreg on Lite0 codes of 16 train + 16 val photos),
+    made by the real CLI from another working directory; its store is ``codes.h5`` beside it."""
+    from cnncodes.cli import main
+
+    folder = tmp_path_factory.mktemp("fit-run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("CNNCODES_CACHE", str(folder / "cache"))
+        for args in (["extract", str(hymenoptera), "--limit", "16", "--out", "codes.h5"],
+                     ["fit", "codes.h5", "--clf", "logreg", "--out", "run", "--quiet"]):
+            result = CliRunner().invoke(main, args)
+            assert result.exit_code == 0, result.output
+    return folder / "run"

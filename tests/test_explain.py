@@ -253,3 +253,76 @@ def test_run_option_explains_a_fine_tuned_model_and_its_classes(
                                   "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "dogs_0-gradcam-layer4.1.relu_1.png").is_file()
+
+
+# --- integrated gradients and fit runs ---------------------------------------------------------
+
+
+def test_integrated_gradients_of_a_linear_model_are_input_times_weight() -> None:
+    from cnncodes.explainers.explain import integrated_gradients
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 5 * 5, 2)).eval()
+    x, start = torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5)
+    result = integrated_gradients(model, x, target=1, baseline=start, steps=3)
+    expected = ((x - start)[0] * model[1].weight[1].view(3, 5, 5)).abs().sum(0)
+    np.testing.assert_allclose(result.map, expected.detach().numpy(), rtol=1e-5)
+    assert result.target == 1 and abs(result.delta) < 1e-4
+
+
+def test_integrated_gradients_noise_baseline_follows_its_seed() -> None:
+    from cnncodes.explainers.explain import ig_baseline, integrated_gradients
+
+    backbone = tiny_backbone()
+    x = torch.randn(1, 3, 16, 16)
+    maps = [integrated_gradients(backbone.model, x, 0, baseline=ig_baseline(backbone, x, "noise", seed),
+                                 steps=4).map for seed in (1, 1, 2)]
+    np.testing.assert_array_equal(maps[0], maps[1])
+    assert not np.allclose(maps[0], maps[2])
+    with pytest.raises(CnnCodesError, match=r"Baseline 'grey' is not one of black, mean, noise"):
+        ig_baseline(backbone, x, "grey")
+
+
+def test_integrated_gradients_on_a_real_photo_add_up_and_weigh_the_insect(
+    hymenoptera: Path, lite0: Backbone
+) -> None:
+    from cnncodes.explainers.explain import ig_baseline, integrated_gradients, preprocess
+
+    x = preprocess(lite0, load_image(hymenoptera / CENTRAL_INSECTS[3]))
+    start = ig_baseline(lite0, x, "black")
+    coarse, result = (integrated_gradients(lite0.model, x, "bee", lite0.categories, baseline=start,
+                                           steps=steps) for steps in (8, 64))
+    with torch.no_grad():
+        start_score = float(lite0.model(start)[0, 309])
+    assert result.target == 309 == result.predicted
+    # Completeness: the attributions add up to the score difference, closer with more steps.
+    assert abs(result.delta) < min(abs(coarse.delta), 0.05 * abs(result.score - start_score))
+    assert centre_to_ring(result.map) > 1.0
+
+
+def test_explain_takes_a_fit_run_as_its_probe_as_one_network(
+    hymenoptera: Path, hymenoptera_fit_run: Path, runner, tmp_path: Path
+) -> None:
+    from cnncodes import load_model
+    from cnncodes.data.store import CodeStore
+    from cnncodes.explainers.explain import backbone_from_run, preprocess
+
+    backbone = backbone_from_run(hymenoptera_fit_run)
+    assert backbone.categories == ["ants", "bees"]
+    with CodeStore(hymenoptera_fit_run.parent / "codes.h5") as store:
+        model = load_model(hymenoptera_fit_run)
+        paths = [str(p) for p in store.file_paths]
+        row = next(i for i, p in enumerate(paths) if p.startswith("val/bees/"))
+        expected = model.pipeline.predict_proba(model.codes(store)[row:row + 1])[0, 1]
+    image = hymenoptera / paths[row]
+    cam = gradcam(backbone, preprocess(backbone, load_image(image)), target="bees")
+    assert cam.target == 1 and cam.map.max() == pytest.approx(1.0)
+    assert cam.probability == pytest.approx(expected, abs=1e-5)  # the pipeline's own number
+    for args in (["gradcam", "--layer", "blocks.5", "--target", "bees"],
+                 ["integrated-gradients", "--steps", "4", "--baseline", "noise"],
+                 ["saliency"]):
+        result = runner.invoke(main, ["explain", args[0], str(image), *args[1:],
+                                      "--run", str(hymenoptera_fit_run), "--out", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        printed = Path(result.stdout.strip())
+        assert printed.is_file() and printed.name.startswith(f"{image.stem}-{args[0]}")

@@ -6,7 +6,8 @@ runs. A :class:`CnnCodesError` becomes one line on stderr and exit status 2.
 
 Modules: ``group`` (error handling), ``options`` (shared options, output checks), then one
 per command group: ``data`` (models, layers, extract, info, cache), ``probe`` (fit,
-predict, report), ``finetuning`` (finetune), ``studies`` (compare, sweep, advise), ``explain``.
+predict, report), ``finetuning`` (finetune), ``studies`` (compare, sweep, advise), ``explain``,
+``export``.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ def main() -> None:
 
 def _register() -> None:
     """Add every command module's commands to ``main`` (their imports stay light)."""
-    from . import data, explain, finetuning, probe, studies
+    from . import data, explain, export, finetuning, probe, studies
 
     for command in (data.models, data.layers, data.extract, data.info, data.cache,
                     probe.fit, probe.predict, probe.report, finetuning.finetune,
                     studies.compare, explain.explain, studies.sweep, studies.advise):
         main.add_command(command)
+    main.add_command(export.export)
 
 
 _register()

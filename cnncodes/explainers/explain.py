@@ -10,6 +10,15 @@ to image files and writes one titled PNG per image (see :mod:`cnncodes.figures`)
 - Grad-CAM (Selvaraju et al. 2017): channel weights are the spatially averaged gradients of
   the class score with respect to a conv layer's maps; the map is the ReLU of their weighted
   sum, upsampled to the input size.
+- Integrated gradients (Sundararajan, Taly & Yan 2017): the input minus a baseline, times
+  the average gradient of the class score along the straight path from the baseline to
+  the input (trapezoid rule over ``steps`` intervals); the map is the absolute attribution
+  summed over colour. The attributions add up to the score difference between input and
+  baseline, up to the quadrature error (:attr:`Attribution.delta`).
+
+``--run`` takes a fine-tuned run or a ``cnncodes fit`` run: a fit run is explained through
+its backbone, pooling, scaler and linear probe as one torch module
+(:func:`cnncodes.probe.torch_probe.load_run_net`), its classes as the targets.
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ __all__ = [
     "explain",
     "first_conv_filters",
     "gradcam",
+    "ig_baseline",
+    "integrated_gradients",
     "last_spatial_layer",
     "load_image",
     "preprocess",
@@ -49,7 +60,10 @@ __all__ = [
     "saliency",
 ]
 
-EXPLAIN_KINDS = ("saliency", "gradcam", "activations", "filters")
+EXPLAIN_KINDS = ("saliency", "gradcam", "integrated-gradients", "activations", "filters")
+IG_BASELINES = ("black", "mean", "noise")
+"""Integrated-gradients baselines: black pixels, the normalisation mean (an all-zero input),
+or seeded uniform noise pixels."""
 
 
 @dataclass
@@ -63,6 +77,8 @@ class Attribution:
         probability: softmax probability of ``target``.
         predicted: the arg-max class index.
         layer: the FX node the map was taken at (Grad-CAM), ``""`` for saliency.
+        delta: integrated gradients only: the sum of the attributions minus the score
+            difference between the input and the baseline (0 for exact integration).
     """
 
     map: np.ndarray
@@ -71,6 +87,7 @@ class Attribution:
     probability: float
     predicted: int
     layer: str = ""
+    delta: float | None = None
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -105,26 +122,24 @@ def preprocess(backbone: Backbone, image: Image.Image) -> torch.Tensor:
 
 
 def backbone_from_run(run: str | os.PathLike[str]) -> Backbone:
-    """Wrap a fine-tuned run (from ``cnncodes finetune``) so that the explainers can use it.
+    """Wrap a run so that the explainers can use it, detected as ``cnncodes predict`` does.
 
-    Its classes become the categories, so that targets are the run's own classes.
+    A fine-tuned run (``cnncodes finetune``) is its own model; a ``cnncodes fit`` run is
+    its backbone up to the code layer, the pooling, and the fitted scaler and linear (or
+    MLP) probe as one module whose softmax equals the pipeline's ``predict_proba``. Its
+    classes become the categories, so that targets are the run's own classes.
 
     Raises:
-        CnnCodesError: the run folder cannot be loaded.
+        CnnCodesError: the folder is not a run, or a fit run's pipeline is not linear.
     """
-    try:
-        from ..finetuning.finetune import load_run
-    except ImportError:  # pragma: no cover - finetune ships with the package
+    from ..probe.torch_probe import load_run_net
+
+    if not Path(run).is_dir():
         raise CnnCodesError(
-            "--run needs cnncodes.finetune, which this installation lacks; reinstall cnncodes."
-        ) from None
-    model, transform, classes, config = load_run(run)
-    timm_modules = any(type(m).__module__.startswith("timm") for m in model.modules())
-    return Backbone(
-        name=str(config.get("model", Path(run).name)), model=model.eval(), transform=transform,
-        weights=f"run:{Path(run).resolve()}", weights_sha256="",
-        family="timm" if timm_modules else "torchvision", categories=list(classes),
-    )
+            f"Run {str(run)!r} is not a folder; give a run folder written by 'cnncodes fit' "
+            "or 'cnncodes finetune'."
+        )
+    return load_run_net(run).backbone
 
 
 def resolve_target(
@@ -302,6 +317,89 @@ def gradcam(
     return Attribution(heat, index, score, probability, predicted, name)
 
 
+def ig_baseline(backbone: Backbone, image: torch.Tensor, baseline: str = "black",
+                seed: int = 0) -> torch.Tensor:
+    """The integrated-gradients starting point for ``image`` (``[1, 3, H, W]``).
+
+    ``black``: black pixels through the weights' normalisation; ``mean``: all zeros, the
+    normalisation's mean colour; ``noise``: uniform random pixels from ``seed``.
+
+    Raises:
+        CnnCodesError: another baseline name.
+    """
+    if baseline not in IG_BASELINES:
+        raise CnnCodesError(
+            f"Baseline {baseline!r} is not one of {', '.join(IG_BASELINES)}."
+        )
+    if baseline == "mean":
+        return torch.zeros_like(image)
+    mean = torch.tensor(getattr(backbone.transform, "mean", (0.0, 0.0, 0.0)),
+                        dtype=image.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(getattr(backbone.transform, "std", (1.0, 1.0, 1.0)),
+                       dtype=image.dtype).view(1, -1, 1, 1)
+    if baseline == "black":
+        pixels = torch.zeros_like(image)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        pixels = torch.rand(image.shape, generator=generator, dtype=image.dtype)
+    return (pixels - mean) / std
+
+
+def integrated_gradients(
+    model: nn.Module,
+    image: torch.Tensor,
+    target: int | str | None = None,
+    categories: Sequence[str] = (),
+    *,
+    baseline: torch.Tensor | None = None,
+    steps: int = 64,
+    batch_size: int = 16,
+) -> Attribution:
+    """Integrated gradients (Sundararajan et al. 2017) of the class score.
+
+    Args:
+        model: any classifier mapping ``[N, 3, H, W]`` to logits ``[N, K]`` (eval mode).
+        image: the preprocessed input, ``[3, H, W]`` or ``[1, 3, H, W]``.
+        target: class index or name; default the predicted class.
+        categories: class names, for ``target`` given as a name.
+        baseline: the starting input (default all zeros; see :func:`ig_baseline`).
+        steps: intervals of the trapezoid rule along the path (``steps + 1`` forward passes).
+        batch_size: path points per forward pass.
+
+    Returns:
+        The ``[H, W]`` map ``sum_c |attribution|``; ``delta`` is the sum of the signed
+        attributions minus ``score(image) - score(baseline)``.
+
+    Raises:
+        CnnCodesError: ``steps`` or ``batch_size`` below 1.
+    """
+    if steps < 1 or batch_size < 1:
+        raise CnnCodesError(f"steps and batch size must be at least 1; got {steps!r}, {batch_size!r}.")
+    x = image.detach().reshape(1, *image.shape[-3:])
+    start = torch.zeros_like(x) if baseline is None else baseline.detach().reshape(x.shape)
+    with torch.no_grad():
+        logits = model(x)
+    index = resolve_target(target, logits, categories)
+    alphas = torch.linspace(0, 1, steps + 1, dtype=x.dtype)
+    weights = torch.full((steps + 1,), 1.0 / steps, dtype=torch.float64)
+    weights[0] = weights[-1] = 0.5 / steps
+    total = torch.zeros(x.shape[1:], dtype=torch.float64)
+    path_scores = []
+    for chunk in torch.split(torch.arange(steps + 1), batch_size):
+        points = (start + alphas[chunk].view(-1, 1, 1, 1) * (x - start)).requires_grad_(True)
+        with torch.enable_grad():
+            scores = model(points).reshape(len(chunk), -1)[:, index]
+            (gradient,) = torch.autograd.grad(scores.sum(), points)
+        total += (gradient.double() * weights[chunk].view(-1, 1, 1, 1)).sum(0)
+        path_scores.append(scores.detach().double())
+    attribution = (x[0] - start[0]).double() * total
+    ends = torch.cat(path_scores)
+    delta = float(attribution.sum() - (ends[-1] - ends[0]))
+    score, probability, predicted = _scores(logits, index)
+    heat = attribution.abs().sum(0).float().numpy()
+    return Attribution(heat, index, score, probability, predicted, delta=delta)
+
+
 def activation_maps(
     backbone: Backbone, image: torch.Tensor, layer: int | str | None = None
 ) -> tuple[str, np.ndarray, np.ndarray]:
@@ -357,6 +455,9 @@ class ExplainConfig:
         layer: layer for ``gradcam``/``activations``; default the last conv map.
         out: folder for the PNGs.
         top: number of channels in an activation grid.
+        steps: integrated gradients: intervals along the path from the baseline.
+        baseline: integrated gradients: ``black``, ``mean`` or ``noise``.
+        seed: integrated gradients: the seed of the ``noise`` baseline.
     """
 
     kind: str
@@ -368,6 +469,9 @@ class ExplainConfig:
     layer: str | None = None
     out: str | None = None
     top: int = 32
+    steps: int = 64
+    baseline: str = "black"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in EXPLAIN_KINDS:
@@ -378,6 +482,12 @@ class ExplainConfig:
             raise CnnCodesError(f"explain {self.kind} needs at least one IMAGE path.")
         if self.top < 1:
             raise CnnCodesError(f"top must be at least 1 channel; got {self.top!r}.")
+        if self.steps < 1:
+            raise CnnCodesError(f"steps must be at least 1; got {self.steps!r}.")
+        if self.baseline not in IG_BASELINES:
+            raise CnnCodesError(
+                f"Baseline {self.baseline!r} is not one of {', '.join(IG_BASELINES)}."
+            )
 
 
 def _class_name(backbone: Backbone, index: int) -> str:
@@ -423,27 +533,12 @@ def explain(config: ExplainConfig | None = None, /, **options: Any) -> list[Path
         title = f"{_model_label(backbone)}: first conv layer {name!r}"
         figures.plot_filters(kernels, path, title=title)
         return [path]
-    if config.layer is not None and config.kind != "saliency":
+    if config.layer is not None and config.kind in ("gradcam", "activations"):
         resolve_layer(backbone, config.layer)  # a bad name fails before any image runs
     paths = []
     for source, image in images:
         x = preprocess(backbone, image)
-        shown = figures.displayable(x[0], backbone.transform)
-        if config.kind == "saliency":
-            result = saliency(backbone.model, x, config.target, backbone.categories)
-            path = _unique_path(out, f"{safe_name(source.stem)}-saliency", used)
-            figures.plot_attribution(
-                shown, result.map, path, kind="saliency",
-                title=_title(backbone, source, result, "saliency"),
-            )
-        elif config.kind == "gradcam":
-            result = gradcam(backbone, x, config.layer, config.target)
-            path = _unique_path(out, f"{safe_name(source.stem)}-gradcam-{safe_name(result.layer)}", used)
-            figures.plot_attribution(
-                shown, result.map, path, kind="gradcam", layer=result.layer,
-                title=_title(backbone, source, result, f"Grad-CAM at {result.layer}"),
-            )
-        else:
+        if config.kind == "activations":
             name, maps, channels = activation_maps(backbone, x, config.layer)
             path = _unique_path(out, f"{safe_name(source.stem)}-activations-{safe_name(name)}", used)
             figures.plot_activation_grid(
@@ -452,8 +547,42 @@ def explain(config: ExplainConfig | None = None, /, **options: Any) -> list[Path
                 f"({maps.shape[0]} channels of {maps.shape[1]}x{maps.shape[2]}), "
                 f"{min(config.top, len(maps))} most active",
             )
+        else:
+            path = _draw_attribution(config, backbone, source, x, out, used)
         paths.append(path)
     return paths
+
+
+def attribute(config: ExplainConfig, backbone: Backbone, x: torch.Tensor) -> Attribution:
+    """The attribution ``config.kind`` (saliency, gradcam, integrated-gradients) of ``x``."""
+    if config.kind == "saliency":
+        return saliency(backbone.model, x, config.target, backbone.categories)
+    if config.kind == "gradcam":
+        return gradcam(backbone, x, config.layer, config.target)
+    start = ig_baseline(backbone, x, config.baseline, config.seed)
+    return integrated_gradients(backbone.model, x, config.target, backbone.categories,
+                                baseline=start, steps=config.steps)
+
+
+def _draw_attribution(config: ExplainConfig, backbone: Backbone, source: Path, x: torch.Tensor,
+                      out: Path, used: set[str]) -> Path:
+    from . import figures
+
+    result = attribute(config, backbone, x)
+    shown = figures.displayable(x[0], backbone.transform)
+    stem = f"{safe_name(source.stem)}-{config.kind}"
+    if config.kind == "gradcam":
+        stem += f"-{safe_name(result.layer)}"
+        what = f"Grad-CAM at {result.layer}"
+    elif config.kind == "saliency":
+        what = "saliency"
+    else:
+        what = f"integrated gradients ({config.steps} steps from {config.baseline})"
+    path = _unique_path(out, stem, used)
+    figures.plot_attribution(
+        shown, result.map, path, kind=config.kind, layer=result.layer, title=_title(backbone, source, result, what),
+    )
+    return path
 
 
 def _title(backbone: Backbone, source: Path, result: Attribution, what: str) -> str:

@@ -69,7 +69,7 @@ def plot_attribution(
         image: the network input as an H x W x 3 array in [0, 1].
         heat: the H x W map (saliency magnitudes, or Grad-CAM scaled to [0, 1]).
         path: the PNG to write.
-        kind: ``saliency`` or ``gradcam``.
+        kind: ``saliency``, ``integrated-gradients`` or ``gradcam``.
         title: the figure's title.
         layer: the Grad-CAM layer, named in the panel title.
     """
@@ -80,6 +80,10 @@ def plot_attribution(
         shown = right.imshow(heat, cmap="hot")
         right.set_title("|d score / d pixel|, max over RGB")
         label = "gradient magnitude"
+    elif kind == "integrated-gradients":
+        shown = right.imshow(heat, cmap="hot")
+        right.set_title("|integrated gradients|, summed over RGB")
+        label = "attribution magnitude"
     else:
         right.imshow(image)
         shown = right.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
