@@ -6,6 +6,7 @@ Real Lite0 codes of real hymenoptera photos, small subsets, stores read back wit
 from __future__ import annotations
 
 import json
+from io import StringIO
 from pathlib import Path
 
 import h5py
@@ -121,8 +122,9 @@ def test_a_resumed_run_stores_the_one_shot_views(photos: Path, views_store: Path
         extract(source=str(photos), views=2, part_size=4, batch_size=4, out=str(out),
                 progress=False)
     monkeypatch.setattr(PartWriter, "write", write)
+    # The rest decoded in a DataLoader worker process (as on a GPU): the same views.
     result = extract(source=str(photos), views=2, part_size=4, batch_size=4, out=str(out),
-                     progress=False)
+                     progress=False, workers=1)
     assert result.resumed_from == 12 and result.n_views == 20
     with h5py.File(out) as got, h5py.File(views_store) as want:
         for key in ("codes/global_pool.flatten", "view", "source_index", "paths"):
@@ -192,8 +194,12 @@ def test_a_held_out_image_takes_its_views_out_of_training(views_store: Path,
     assert fitted.metadata["views"]["count"] == 2
 
 
-def test_streamed_fit_refuses_views(runner, views_store: Path, tmp_path: Path) -> None:
-    result = runner.invoke(main, ["fit", str(views_store), "--stream", "-o", str(tmp_path / "r")])
+@pytest.mark.parametrize("where", [[], ["--scheduler", "tcp://127.0.0.1:9"]],
+                         ids=["here", "dask"])
+def test_streamed_fit_refuses_views(runner, views_store: Path, tmp_path: Path,
+                                    where: list[str]) -> None:
+    result = runner.invoke(main, ["fit", str(views_store), "--stream", *where,
+                                  "-o", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "holds augmented views" in result.output
 
@@ -207,8 +213,6 @@ def test_predict_tta_averages_seeded_views(runner, photos: Path, views_store: Pa
     def tta(*options: str) -> pd.DataFrame:
         result = runner.invoke(main, ["predict", str(run), str(val), "-q", *options])
         assert result.exit_code == 0, result.output
-        from io import StringIO
-
         return pd.read_csv(StringIO(result.stdout))
 
     plain, twice, again = tta(), tta("--tta", "3"), tta("--tta", "3")
@@ -222,6 +226,9 @@ def test_predict_tta_averages_seeded_views(runner, photos: Path, views_store: Pa
                            atol=1e-6)
     chosen = np.where(twice["proba_ants"] > twice["proba_bees"], "ants", "bees")
     assert (twice["predicted"] == chosen).all()
+    stored = runner.invoke(main, ["predict", str(run), str(views_store), "-q"])
+    from_store = pd.read_csv(StringIO(stored.stdout))
+    assert len(from_store) == 16 and from_store["path"].is_unique  # images, not their views
     refused = runner.invoke(main, ["predict", str(run), str(views_store), "--tta", "2"])
     assert refused.exit_code == 2 and "is a code store" in refused.output
     with pytest.raises(CnnCodesError, match="tta must be 0"):
