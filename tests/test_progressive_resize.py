@@ -16,7 +16,14 @@ import torch
 
 from cnncodes import CnnCodesError
 from cnncodes.cli import main
-from cnncodes.finetuning.finetune import FinetuneConfig, finetune, parse_sizes, stage_epochs
+from cnncodes.finetuning.finetune import (
+    FinetuneConfig,
+    finetune,
+    parse_sizes,
+    stage_epochs,
+    stage_records,
+)
+from cnncodes.finetuning.trainer import EpochRecord
 
 # the module, not the function that cnncodes exports under the same name
 finetune_module = importlib.import_module("cnncodes.finetuning.finetune")
@@ -126,6 +133,22 @@ def test_epochs_are_shared_out_over_the_stages() -> None:
     assert FinetuneConfig(source="data", sizes=[96, 224], epochs=2).sizes == (96, 224)
     with pytest.raises(CnnCodesError, match=r"--sizes must go up, smallest first"):
         FinetuneConfig(source="data", sizes=(224, 128))
+
+
+def test_a_stage_s_best_epoch_is_chosen_as_the_run_chooses() -> None:
+    def record(epoch: int, size: int, accuracy: float, loss: float, score: float | None):
+        return EpochRecord(epoch, 1e-3, 0.5, 0.5, loss, accuracy, 1.0, "head", size, score)
+
+    by_accuracy = [record(1, 96, 0.70, 0.9, None), record(2, 96, 0.70, 0.8, None),
+                   record(3, 224, 0.80, 0.5, None), record(4, 224, 0.75, 0.4, None)]
+    stages = stage_records([96, 96, 224, 224, 224], by_accuracy)  # stopped early in stage 2
+    assert [(s["best_epoch"], s["val_accuracy"], s["last_val_accuracy"]) for s in stages] == [
+        (2, 0.70, 0.70), (3, 0.80, 0.75)]  # ties go to the lower val loss
+    assert [(s["epochs"], s["epochs_run"], s["seconds"]) for s in stages] == [(2, 2, 2.0), (3, 2, 2.0)]
+    by_score = [record(1, 96, 0.80, 0.9, 0.60), record(2, 96, 0.75, 0.9, 0.70)]
+    (stage,) = stage_records([96, 96], by_score)  # e.g. --scoring macro_f1: the score decides
+    assert (stage["best_epoch"], stage["val_accuracy"], stage["val_score"]) == (2, 0.75, 0.70)
+    assert "val_score" not in stages[0]
 
 
 @pytest.mark.parametrize(

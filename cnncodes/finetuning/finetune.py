@@ -774,14 +774,19 @@ def _result(
 
 def stage_records(epoch_sizes: list[int], history: list[EpochRecord]) -> list[dict[str, Any]]:
     """Per training size, in order: the epochs planned and run, and the val accuracy (at
-    the model's own size) of the stage's best and last epochs."""
+    the model's own size) of the stage's best and last epochs; the best as the run chooses
+    it (by ``val_score`` when the run scores otherwise, then the lower val loss)."""
     stages: list[dict[str, Any]] = []
     for size in dict.fromkeys(epoch_sizes):
         run = [record for record in history if record.size == size]
         entry: dict[str, Any] = {"size": size, "epochs": epoch_sizes.count(size),
                                  "epochs_run": len(run)}
         if run:
-            best = max(run, key=lambda record: (record.val_accuracy, -record.val_loss))
+            best = max(run, key=lambda record: (
+                record.val_accuracy if record.val_score is None else record.val_score,
+                -record.val_loss))
+            if best.val_score is not None:
+                entry["val_score"] = best.val_score
             entry.update(first_epoch=run[0].epoch, last_epoch=run[-1].epoch,
                          best_epoch=best.epoch, val_accuracy=best.val_accuracy,
                          last_val_accuracy=run[-1].val_accuracy,
