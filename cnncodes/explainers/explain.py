@@ -446,11 +446,13 @@ class ExplainConfig:
     """What ``cnncodes explain KIND`` draws.
 
     Attributes:
-        kind: ``saliency``, ``gradcam``, ``activations`` or ``filters``.
+        kind: ``saliency``, ``gradcam``, ``integrated-gradients``, ``activations`` or
+            ``filters``.
         images: image files (none for ``filters``).
         model: backbone name (ignored with ``run``).
         weights: weights name, ``none`` or a state-dict path.
-        run: a fine-tuned run folder; its model and classes replace ``model``.
+        run: a run folder (``cnncodes finetune``, or ``cnncodes fit`` with a linear or MLP
+            probe); its model and classes replace ``model``.
         target: class index or name; default the predicted class.
         layer: layer for ``gradcam``/``activations``; default the last conv map.
         out: folder for the PNGs.

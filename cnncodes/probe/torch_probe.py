@@ -36,7 +36,7 @@ from ..nets.layers import _fx, check_pool
 from ..paths import FINETUNE_FILE
 from .model import FittedModel, load_model
 
-__all__ = ["RunNet", "SUPPORTED_STEPS", "load_run_net", "probe_head"]
+__all__ = ["RunNet", "SUPPORTED_STEPS", "describe", "dumps", "load_run_net", "probe_head"]
 
 SUPPORTED_STEPS = ("StandardScaler", "Normalizer(l2)", "PCA", "LogisticRegression",
                    "LinearProbe", "SGDClassifier", "LinearSVC", "MLPClassifier")
@@ -249,7 +249,7 @@ class _Scored(nn.Module):
         self.net, self.probabilities, self.binary_scores = net, probabilities, binary_scores
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.net(images)
+        logits = self.net(images).double()  # a fit run's classifier is float64 already
         if self.probabilities:
             return logits.softmax(dim=1)
         if self.binary_scores:  # the decision score s of the second class, from [-s/2, s/2]
@@ -343,7 +343,8 @@ def describe(net: RunNet) -> dict[str, Any]:
     return {
         "format": "cnncodes-export/1", "kind": net.kind, "classes": net.classes,
         "outputs": net.columns,
-        "output": "probabilities" if net.probabilities else "decision scores",
+        "output": ("probabilities" if net.probabilities else "decision scores")
+                  + " as float64 [N, len(outputs)]",
         "input": "float32 [N, 3, H, W]: RGB decoded to 8 bits, resized and centre-cropped, "
                  "divided by 255, minus mean, over std (the preprocessing below)",
         "preprocessing": preprocessing or str(transform),
