@@ -1,8 +1,9 @@
 """Faithfulness of saliency, Grad-CAM and integrated gradients: deletion and insertion AUC.
 
-The model explained is a real ``cnncodes fit`` run (logreg on EfficientNet-Lite0 codes of
-the hymenoptera train photos, C chosen on val) as one torch module (``--run``), on the
-first N val photos (taken in turn from ants and bees). For each photo and map the pixels are
+Two models are explained on the first N hymenoptera val photos (taken in turn from ants
+and bees): a real ``cnncodes fit`` run (logreg on EfficientNet-Lite0 codes of the train
+photos, C chosen on val) as one torch module (``explain --run``), and Lite0's own ImageNet
+head (1,000 classes, sharper probabilities). For each photo and map the pixels are
 ranked by the map, most important first (ties broken by a seeded random order), and:
 
 - deletion: the top k % of pixels are set to the mean colour (an all-zero network input)
@@ -34,10 +35,11 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
-from cnncodes import extract, fit_pipeline
+from cnncodes import extract, fit_pipeline, load_backbone
 from cnncodes.data.decode import decode_image
 from cnncodes.data.store import CodeStore
 from cnncodes.explainers.explain import ExplainConfig, attribute, backbone_from_run
+from cnncodes.nets.backbones import Backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -95,8 +97,8 @@ def val_photos(run: Path, n: int) -> list[Path]:
     return [HYMENOPTERA / p for p in mixed[:n]]
 
 
-def measure(run: Path, photos: list[Path], steps: int, ig_steps: int) -> dict[str, dict[str, list[float]]]:
-    backbone = backbone_from_run(run)
+def measure(backbone: Backbone, photos: list[Path], steps: int,
+            ig_steps: int) -> dict[str, dict[str, list[float]]]:
     model = backbone.model
     generator = np.random.default_rng(0)
     scores: dict[str, dict[str, list[float]]] = {m: {"deletion": [], "insertion": [], "seconds": []}
@@ -111,8 +113,8 @@ def measure(run: Path, photos: list[Path], steps: int, ig_steps: int) -> dict[st
             if method == "random":
                 heat = generator.random(x.shape[-2:])
             else:
-                config = ExplainConfig(kind=method, images=(str(photo),), run=str(run),
-                                       target=str(target), steps=ig_steps)
+                config = ExplainConfig(kind=method, images=(str(photo),), target=str(target),
+                                       steps=ig_steps)
                 heat = attribute(config, backbone, x).map
             scores[method]["seconds"].append(time.perf_counter() - started)
             deletion, insertion = curves(model, x, blurred, ranking(heat, generator), target, steps)
@@ -157,23 +159,27 @@ def main() -> None:
     parser.add_argument("--ig-steps", type=int, default=64, help="integrated-gradients steps")
     args = parser.parse_args()
     torch.manual_seed(0)
-    started = time.perf_counter()
+    sections, timings = [], []
     with tempfile.TemporaryDirectory(prefix="faithfulness-") as scratch:
         run = fit_run(Path(scratch))
         photos = val_photos(run, args.images)
-        scores = measure(run, photos, args.steps, args.ig_steps)
-    seconds = time.perf_counter() - started
-    text = table(scores)
+        models = {"fit run: logreg on Lite0 codes (ants, bees)": backbone_from_run(run),
+                  "Lite0 ImageNet head (1,000 classes)": load_backbone()}
+        for title, backbone in models.items():
+            started = time.perf_counter()
+            print(f"{title}:", flush=True)
+            scores = measure(backbone, photos, args.steps, args.ig_steps)
+            timings.append(f"{title}: {time.perf_counter() - started:.0f} s")
+            sections.append(f"## {title}\n\n{table(scores)}")
     notes = (
-        f"n = {len(photos)} hymenoptera val photos; model: logreg fit run on Lite0 codes of "
-        f"the 244 train photos, as one torch module; target: the predicted class; curves of "
-        f"{args.steps + 1} points; integrated gradients: {args.ig_steps} steps from black; "
-        f"Grad-CAM at the last conv map. Intervals: mean with 95 % t interval; shares with "
-        f"95 % Wilson interval.\n\nMachine: {platform.machine()}, {os.cpu_count()} CPUs shared "
-        f"with other jobs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"whole bench {seconds:.0f} s (timings are load-dependent)."
+        f"n = {len(photos)} hymenoptera val photos; target: each model's predicted class; "
+        f"curves of {args.steps + 1} points; integrated gradients: {args.ig_steps} steps from "
+        f"black; Grad-CAM at the last conv map. Intervals: mean with 95 % t interval; shares "
+        f"with 95 % Wilson interval.\n\nMachine: {platform.machine()}, {os.cpu_count()} CPUs "
+        f"shared with other jobs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"{'; '.join(timings)} (timings are load-dependent)."
     )
-    out = f"# Faithfulness: deletion and insertion AUC\n\n{text}\n\n{notes}\n"
+    out = "# Faithfulness: deletion and insertion AUC\n\n" + "\n\n".join(sections) + f"\n\n{notes}\n"
     print(out)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "faithfulness.md").write_text(out, encoding="utf-8")
