@@ -155,12 +155,17 @@ class _Plan:
     notes: list[str]
     node_names: list[str]
     view_plan: ViewPlan
-    rows: tuple[np.ndarray, np.ndarray]  # (source position, view) of every row
+    # (source position, view) of every row; None without views: a row is an item
+    rows: tuple[np.ndarray, np.ndarray] | None
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.source.items) if self.rows is None else len(self.rows[0])
 
     @property
     def row_items(self) -> list[Any]:
         """The source item of every row (the items themselves when there are no views)."""
-        if not self.view_plan.count:
+        if self.rows is None:
             return self.source.items
         items = self.source.items
         return [items[position] for position in self.rows[0].tolist()]
@@ -248,7 +253,7 @@ def _plan(config: ExtractConfig, shard: Shard) -> _Plan:
         check_output_path(out)
     return _Plan(source, backbone, layers, runtime, extractor, dims, key_parts, key, out,
                  notes + list(source.warnings), names, view_plan,
-                 view_rows(source.items, view_plan))
+                 view_rows(source.items, view_plan) if view_plan.count else None)
 
 
 def _rank_runtime(runtime: Runtime, shard: Shard) -> Runtime:
@@ -265,7 +270,7 @@ def _extract_into_store(config: ExtractConfig, plan: _Plan, shard: Shard) -> Ext
     """Encode every image of this shard not yet in a finished part, then join the parts."""
     writer = PartWriter(plan.out.with_name(plan.out.name + ".parts"),
                         {"store_key": plan.key, **plan.key_parts})
-    owned = owned_parts(len(plan.rows[0]), config.part_size, shard)
+    owned = owned_parts(plan.n_rows, config.part_size, shard)
     todo = missing_ranges(owned, [(start, end) for start, end, _ in writer.parts()])
     resumed_from = sum(end - start for start, end in owned) - sum(e - s for s, e in todo)
     started = time.perf_counter()
@@ -334,7 +339,7 @@ def _join(config: ExtractConfig, plan: _Plan, writer: PartWriter, execution: Exe
     assemble_store(
         writer, plan.out, layers=plan.layers, dims=plan.dims, items=plan.row_items,
         classes=plan.source.classes, has_split=plan.source.has_split, attrs=attrs,
-        views=plan.rows if plan.view_plan.count else None,
+        views=plan.rows,
     )
 
 
@@ -419,7 +424,7 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
     positions = [p for start, end in todo for p in range(start, end)]
     dataset: ImageDataset | Any = ImageDataset(
         source, positions, preprocessing.image, execution.decode_threads,
-    ) if not plan.view_plan.count else view_dataset(
+    ) if plan.rows is None else view_dataset(
         source, positions, *plan.rows, preprocessing, plan.backbone.input_size,
         plan.view_plan, execution.decode_threads,
     )
