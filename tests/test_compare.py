@@ -339,3 +339,93 @@ def test_compare_csv_from_another_directory_on_fashion_mnist(fashion_mnist: Path
     config = json.loads((out / "strategy3" / "finetune.json").read_text())["config"]
     assert (config["scoring"], config["class_weight"], config["augment"]) == (
         "balanced_accuracy", "balanced", False)
+
+
+def test_fit_cli_scores_by_scoring_and_weighs_classes(hymenoptera_store: Path, tmp_path: Path,
+                                                      runner) -> None:
+    from sklearn.metrics import f1_score
+
+    from cnncodes.probe.fit import fit_pipeline
+
+    out = tmp_path / "fit"
+    result = runner.invoke(main, ["fit", str(hymenoptera_store), "--scoring", "macro_f1",
+                                  "--class-weight", "balanced", "--out", str(out), "-q",
+                                  "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metadata.json").read_text())["metrics"]
+    assert metrics["scoring"] == "macro_f1"
+    fitted = fit_pipeline(hymenoptera_store, scoring="macro_f1", class_weight="balanced",
+                          out=tmp_path / "api", progress=False)
+    assert fitted.pipeline.steps[-1][1].class_weight == "balanced"
+    assert metrics["selection_score"] == pytest.approx(fitted.metrics["selection_score"])
+    assert fitted.metrics["selection_score"] == pytest.approx(
+        max(c["score"] for c in fitted.search.candidates), abs=1e-6)
+    frame = pd.read_csv(out / "predictions.csv")
+    val = frame[frame.split == "val"]
+    assert metrics["macro_f1"] == pytest.approx(f1_score(val.label, val.predicted, average="macro"),
+                                                abs=1e-6)
+
+    knn = runner.invoke(main, ["fit", str(hymenoptera_store), "--clf", "knn", "--class-weight",
+                               "balanced", "--out", str(tmp_path / "knn")])
+    assert knn.exit_code != 0 and knn.output.strip().splitlines()[-1] == (
+        "Error: --class-weight balanced needs a classifier that takes class weights; "
+        "KNeighborsClassifier of 'knn' does not. Use --clf logreg or rbf_svm, or "
+        "--class-weight none.")
+    streamed = runner.invoke(main, ["fit", str(hymenoptera_store), "--stream", "--scoring",
+                                    "macro_f1"])
+    assert streamed.exit_code != 0 and "--scoring is not available with it" in streamed.output
+
+
+def test_finetune_best_epoch_follows_scoring_and_weighs_classes(
+    hymenoptera: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real training on real photos; only the val predictions of each epoch are set, so
+    that accuracy and balanced accuracy disagree on the best epoch."""
+    import importlib
+
+    import torch
+
+    root = tmp_path / "imbalanced"  # 8 ants and 2 bees to train on, 5 + 2 to validate
+    for split, counts in (("train", {"ants": 8, "bees": 2}), ("val", {"ants": 5, "bees": 2})):
+        for name, count in counts.items():
+            (root / split / name).mkdir(parents=True)
+            for photo in sorted((hymenoptera / split / name).glob("*.jpg"))[:count]:
+                (root / split / name / photo.name).symlink_to(photo)
+    module = importlib.import_module("cnncodes.finetuning.finetune")
+    # val predictions per epoch (5 ants, then 2 bees): accuracy 5/7, 5/7, 6/7, 5/7;
+    # balanced accuracy 0.5, 0.8, 0.75, 0.8: the best epoch is 3 by one, 2 by the other
+    epochs = ["aaaaaaa", "aaabbbb", "aaaaaab", "aaabbbb"]
+    seen: list = []
+    original_train, original_evaluate = module.train_epoch, module.evaluate
+
+    def train_spy(*args, class_weights=None, **kwargs):
+        seen.append(class_weights)
+        return original_train(*args, class_weights=class_weights, **kwargs)
+
+    def evaluate(model, batches, *, head=None, **kwargs):
+        if head is None:  # test and predictions: the real model
+            return original_evaluate(model, batches, head=head, **kwargs)
+        predicted = epochs[len(seen) - 1]
+        probabilities = torch.tensor([[0.9, 0.1] if c == "a" else [0.1, 0.9] for c in predicted])
+        truth = "aaaaabb"
+        return 0.5, sum(p == t for p, t in zip(predicted, truth, strict=True)) / 7, probabilities
+
+    monkeypatch.setattr(module, "train_epoch", train_spy)
+    monkeypatch.setattr(module, "evaluate", evaluate)
+    best = {}
+    for scoring, weight in (("accuracy", "none"), ("balanced_accuracy", "balanced")):
+        seen.clear()
+        out = tmp_path / scoring
+        best[scoring] = finetune(source=str(root), strategy=3, epochs=4, patience=0,
+                                 scoring=scoring, class_weight=weight, out=str(out),
+                                 progress=False).best_epoch
+        metrics = pd.read_csv(out / "metrics.csv")
+        if scoring == "balanced_accuracy":
+            assert metrics.val_score.tolist() == pytest.approx([0.5, 0.8, 0.75, 0.8])
+            assert seen[0].tolist() == pytest.approx([10 / (2 * 8), 10 / (2 * 2)])
+            config = json.loads((out / "finetune.json").read_text())["config"]
+            assert (config["scoring"], config["class_weight"], config["augment"]) == (
+                "balanced_accuracy", "balanced", False)
+        else:
+            assert metrics.val_score.isna().all() and seen[0] is None
+    assert best == {"accuracy": 3, "balanced_accuracy": 2}  # ties go to the earlier epoch

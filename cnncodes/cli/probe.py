@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ..errors import CnnCodesError
+from ..scoring import CLASS_WEIGHTS, SCORINGS
 from .options import (
     TABLE_FORMATS,
     check_out,
@@ -28,6 +29,11 @@ from .options import (
 @click.option("--refit-on", type=click.Choice(["train", "train+val"]), default="train",
               show_default=True, help="Rows the final model is fitted on after selection.")
 @click.option("--seed", default=0, show_default=True, help="Random state of folds and estimators.")
+@click.option("--scoring", type=click.Choice(SCORINGS), default="accuracy", show_default=True,
+              help="What the search maximises on val or the CV folds.")
+@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none",
+              show_default=True,
+              help="balanced: class_weight='balanced' (logreg, rbf_svm), for imbalanced data.")
 @click.option("--device", default=None,
               help="Where torch_logreg and linear_svm fit: auto (CUDA when present), cpu, cuda, "
               "cuda:N  [default: auto].")
@@ -85,7 +91,7 @@ def fit(store: str, quiet: bool, fmt: str, stream: bool, chunk_rows: int, epochs
 def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
     """fit's options that --stream takes; one that it cannot honour is a usage error."""
     unsupported = {"pca": None, "l2norm": False, "refit_on": "train", "device": None,
-                   "n_jobs": None}
+                   "n_jobs": None, "scoring": "accuracy", "class_weight": "none"}
     for name, default in unsupported.items():
         if options.get(name, default) != default:
             flag = "--" + {"n_jobs": "jobs"}.get(name, name).replace("_", "-")
@@ -108,7 +114,7 @@ def _stream_options(options: dict[str, Any]) -> dict[str, Any]:
               help="Format of the predictions printed on stdout.")
 @click.option("--batch-size", "-b", type=int, help="Images per forward pass (default: 8 on a CPU, 32 on CUDA).")
 @device_option
-@click.option("--tta", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--tta", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
               help="Test-time augmentation with K views: average the probabilities of each "
               "image, its left-right flip (K=1) and K-1 further seeded views (random resized "
               "crop + flip, as extract --views makes); 0: the image alone. Needs images, "
