@@ -13,7 +13,8 @@ The package follows the data, one sub-package per step:
 - ``probe``       scikit-learn pipelines on the codes: search, fit, safe persistence, predict,
                   a run as one torch module (export, in-memory predictor)
 - ``finetuning``  strategies 3 and 4 in PyTorch and the training loop
-- ``explainers``  saliency, Grad-CAM, integrated gradients, activation grids, filters, figures
+- ``explainers``  saliency, Grad-CAM, integrated gradients, activation grids, filters, figures,
+                  activation maximisation and DeepDream
 - ``studies``     the four-strategy comparison, the advisor, the layer sweep, reports
 - ``cli``         the ``cnncodes`` command: one module per command group
 
@@ -43,6 +44,8 @@ _EXPORTS = {
     "gradcam": "explainers.explain",
     "integrated_gradients": "explainers.explain",
     "saliency": "explainers.explain",
+    "deep_dream": "explainers.maximize",
+    "maximize_activation": "explainers.maximize",
     "ExtractConfig": "extraction.extract",
     "ExtractResult": "extraction.extract",
     "extract": "extraction.extract",
@@ -113,6 +116,7 @@ __all__ = [
     "advise",
     "compare",
     "confusion_table",
+    "deep_dream",
     "explain",
     "export_run",
     "extract",
@@ -129,6 +133,7 @@ __all__ = [
     "load_pipeline_module",
     "load_predictor",
     "load_run",
+    "maximize_activation",
     "open_source",
     "per_class_table",
     "predict",
@@ -159,6 +164,7 @@ if TYPE_CHECKING:  # static checkers see the real names
     from .data.store import CodeStore
     from .errors import CnnCodesError
     from .explainers.explain import ExplainConfig, explain, gradcam, integrated_gradients, saliency
+    from .explainers.maximize import deep_dream, maximize_activation
     from .extraction.extract import ExtractConfig, ExtractResult, extract
     from .finetuning.finetune import FinetuneConfig, FinetuneResult, finetune, load_run, predict_run
     from .nets.backbones import DEFAULT_MODEL, Backbone, list_backbones, load_backbone

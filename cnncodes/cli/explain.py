@@ -21,7 +21,8 @@ def explain() -> None:
     Each command writes titled PNGs with colour bars into --out and prints their paths.
     The class explained is the model's prediction unless --target names one; with --run
     the model and classes are those of a run: 'cnncodes finetune', or 'cnncodes fit'
-    (backbone, pooling, scaler and linear probe as one network).
+    (backbone, pooling, scaler and linear probe as one network). 'maximize' and 'dream'
+    draw what a layer responds to instead (maximize adds a CSV of the activations).
     """
 
 

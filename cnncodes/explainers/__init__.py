@@ -1,2 +1,2 @@
 """Seeing inside the network: saliency, Grad-CAM, activation grids, first-layer filters,
-and the figures that draw them."""
+activation maximisation and DeepDream, and the figures that draw them."""
