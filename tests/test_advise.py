@@ -31,8 +31,10 @@ def evidence(per_class: float, confidence: float | None, penultimate: float,
 @pytest.mark.parametrize(("case", "expected"), [
     # few images per class, ImageNet-like (confident, penultimate best): codes + linear
     (evidence(60, 0.8, 0.95, 0.90), (1, PENULTIMATE)),
-    # few images, far from ImageNet (unsure backbone): earlier codes, the best of them
-    (evidence(60, 0.2, 0.80, 0.81), (2, "blocks.5.3.add")),
+    # few images, far from ImageNet (unsure backbone), earlier codes clearly better
+    (evidence(60, 0.2, 0.80, 0.86), (2, "blocks.5.3.add")),
+    # few images, unsure backbone, but the earlier lead is inside the margin: penultimate
+    (evidence(60, 0.2, 0.80, 0.81), (1, PENULTIMATE)),
     # few images, confident backbone, but an earlier layer separates clearly better
     (evidence(60, 0.8, 0.80, 0.85), (2, "blocks.5.3.add")),
     # few images, unsure backbone, yet the penultimate code wins beyond the margin
@@ -50,11 +52,12 @@ def test_decision_rule_on_controlled_inputs(case: Evidence, expected: tuple[int,
 
 
 def test_decision_thresholds_move_the_choice() -> None:
-    case = evidence(300, 0.45, 0.90, 0.89)
-    assert decide(case)[0] == 2  # 300 < 1000 images, 0.45 < 0.5: small and different
-    assert decide(case, min_confidence=0.4)[0] == 1  # now similar
-    assert decide(case, large_per_class=300)[0] == 4  # now large
-    assert decide(case, large_per_class=300, min_confidence=0.4)[0] == 3
+    case = evidence(300, 0.45, 0.90, 0.915)  # an earlier layer 1.5 points ahead
+    assert decide(case)[0] == 1  # 300 < 1000 images: small; 1.5 points is inside 2
+    assert decide(case, margin=0.01)[0] == 2  # now a measurable lead
+    assert decide(case, large_per_class=300)[0] == 4  # large; 0.45 < 0.5: different
+    assert decide(case, large_per_class=300, min_confidence=0.4)[0] == 3  # now similar
+    assert decide(case, large_per_class=300, min_confidence=0.4, margin=0.01)[0] == 4
     no_confidence = Evidence(images_per_class=50, cv_accuracy={PENULTIMATE: 0.9})
     strategy, layer, reasons = decide(no_confidence)
     assert (strategy, layer) == (1, PENULTIMATE)
@@ -106,7 +109,7 @@ def test_fashion_mnist_counts_as_different(fashion_mnist: Path, tmp_path: Path,
     row = result.table.iloc[0]
     assert row["imagenet_confidence"] < 0.5  # grey 28-px garments upsampled: unsure backbone
     assert any("different from" in line for line in result.reasons)
-    assert result.strategy in (1, 2) and row["images_per_class"] == 6  # small
+    assert result.strategy in (1, 2) and row["images_per_class"] == 6  # small: a probe
 
 
 def write_photos(folder: Path, count: int = 3) -> None:

@@ -164,9 +164,10 @@ def advise(data: str, layers: tuple[str, ...], fmt: str, quiet: bool, **options:
     Counts training images per class and measures the distance from the backbone's
     training domain (its ImageNet confidence; how earlier vs penultimate codes separate a
     stratified sample under cross-validated logistic regression), then applies the rule of
-    thumb: small + similar -> 1, small + different -> 2, large + similar -> 3, large +
-    different -> 4. Prints one row with the numbers and the reasons ("why"); the reasons
-    also go to stderr. Test images are never read. The sample's codes stay in the
+    thumb: small data -> a linear probe on the penultimate code (1), or on an earlier layer
+    whose codes separate the sample better by more than --margin (2); large + similar ->
+    3; large + different -> 4. Prints one row with the numbers and the reasons ("why"); the reasons
+    also go to stderr. Test images never enter the probe. The sample's codes stay in the
     extraction cache for 'fit' (and for 'compare' when the sample is the whole source).
     """
     from ..studies.advise import AdviseConfig

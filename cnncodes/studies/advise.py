@@ -13,7 +13,8 @@ The rule of thumb of DESIGN.md (small + similar data -> 1, small + different -> 
   (cross-validated logistic regression, the same probe as strategies 1 and 2).
 
 :func:`decide` turns the measurements into a strategy and a layer, with one line of reason
-per step; it is a pure function, tested on controlled inputs. Test images are never read.
+per step; it is a pure function, tested on controlled inputs. Test images are never
+probed: they are extracted with the sample (the store ``compare`` reads) and left out.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class AdviseConfig:
 
     Attributes:
         source: labelled images (folder, CSV manifest, idx folder, tar shards), as for
-            ``compare``; a test split is never read.
+            ``compare``; a test split is never probed.
         model, weights, pool: the backbone and pooling you mean to use.
         layers: earlier layers to probe; None: those ``compare`` tries for strategy 2.
         limit: the data you will train on (``compare --limit``): images per class are
@@ -177,11 +178,12 @@ def decide(evidence: Evidence, *, large_per_class: int = 1000, min_confidence: f
     confidence is below ``min_confidence`` or an earlier layer's codes beat the penultimate
     code by more than ``margin``; otherwise *similar*. It is *large* from a median of
     ``large_per_class`` training images per class. Small data keeps the backbone frozen and
-    trains a linear probe: on the penultimate code when similar (1), on the earlier layer
-    that separated the sample best when different (2), unless the penultimate code beat
-    every earlier layer by more than ``margin`` (then 1: the measurement overrides the rule
-    of thumb only outside its noise). Large data trains a new head on the frozen body when
-    similar (3) and fine-tunes the top layers with it when different (4).
+    trains a linear probe: on the earlier layer that separated the sample best when it beat
+    the penultimate code by more than ``margin`` (2), else on the penultimate code (1): the
+    rule of thumb's "small and different -> earlier codes" is followed where the probe
+    shows it, not on a difference inside the noise of a few hundred images. Large data
+    trains a new head on the frozen body when similar (3) and fine-tunes the top layers
+    with it when different (4).
     """
     reasons: list[str] = []
     large = evidence.images_per_class >= large_per_class
@@ -209,13 +211,15 @@ def decide(evidence: Evidence, *, large_per_class: int = 1000, min_confidence: f
     reasons.append(f"so the data is {'different from' if different else 'similar to'} "
                    "the backbone's training domain")
     if not large:
-        if different and best is not None and gain >= -margin:
-            reasons.append(f"small and different: keep the backbone frozen and probe the "
-                           f"earlier codes that separated the sample best -> strategy 2 on {best}")
+        if best is not None and gain > margin:
+            reasons.append(f"small data and {best}'s codes separate the sample better by more "
+                           f"than {margin * 100:g} points: keep the backbone frozen and probe "
+                           "them -> strategy 2")
             return 2, best, reasons
-        if different and best is not None:
-            reasons.append(f"small and different, but the penultimate code beat every earlier "
-                           f"layer by more than {margin * 100:g} points -> strategy 1")
+        if different:
+            reasons.append(f"small and different, but no earlier layer separates the sample "
+                           f"better by more than {margin * 100:g} points: keep the backbone "
+                           "frozen and probe the penultimate code -> strategy 1")
         else:
             reasons.append("small and similar: keep the backbone frozen and probe the "
                            "penultimate code -> strategy 1")
