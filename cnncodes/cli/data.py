@@ -74,9 +74,9 @@ def layers(model: str, weights: str, pool: str) -> None:
               help="Skip images with more pixels than this as decompression bombs "
               "(default 178,956,970, PIL's limit).")
 @click.option("--part-size", default=512, show_default=True, help="Images per crash-safe part file.")
-@click.option("--views", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--views", type=click.IntRange(min=0), default=0, show_default=True, metavar="K",
               help="Also store K augmented views of each training image (random resized "
-              "crop of 25-100 %% of the area at the model's input size, then a left-right "
+              "crop of 25-100 % of the area at the model's input size, then a left-right "
               "flip half the time), each a row after its image's own; val and test images "
               "get none. The store records each row's image (/source_index) and view "
               "(/view, 0 = the image itself).")
