@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -52,6 +52,9 @@ def _variant(folder: Path, codes: dict, pipeline: Pipeline) -> Path:
     """A run folder holding ``pipeline`` fitted on the real train codes (the fit run's
     metadata: same backbone, layer, pooling)."""
     pipeline.fit(codes["X"][codes["train"]], codes["y"][codes["train"]])
+    classifier = pipeline.steps[-1][1]
+    if hasattr(classifier, "_loss_function_"):  # as fit --stream saves an SGDClassifier
+        del classifier._loss_function_
     save_model(folder, pipeline, codes["metadata"])
     return folder
 
@@ -62,7 +65,7 @@ def _module_outputs(run: Path, images: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["cli-logreg", "scaler-logreg-C1", "l2-scaler-pca-whiten", "mlp",
-                                  "linear_svm"])
+                                  "linear_svm", "sgd-log"])
 def test_module_equals_the_pipeline_on_real_codes(name: str, codes: dict, hymenoptera_fit_run: Path,
                                                   tmp_path: Path) -> None:
     from cnncodes.pipelines import linear_svm
@@ -77,6 +80,8 @@ def test_module_equals_the_pipeline_on_real_codes(name: str, codes: dict, hymeno
         "mlp": Pipeline([("scaler", StandardScaler()),
                          ("classifier", MLPClassifier((16,), max_iter=300, random_state=0))]),
         "linear_svm": linear_svm.build(classifier__C=0.1),
+        "sgd-log": Pipeline([("scaler", StandardScaler()),  # what fit --stream saves
+                             ("classifier", SGDClassifier(loss="log_loss", alpha=1e-3, random_state=0))]),
     }
     run = hymenoptera_fit_run if name == "cli-logreg" else _variant(
         tmp_path / name, codes, pipelines[name])
@@ -97,6 +102,20 @@ def test_non_linear_pipelines_are_refused_in_one_line(codes: dict, tmp_path: Pat
     with pytest.raises(CnnCodesError, match=r"KNeighborsClassifier\) has no torch equivalent;.*"
                        r"use 'cnncodes predict'"):
         load_run_net(run)
+
+
+@pytest.mark.parametrize("command", [["export", "{run}", "--out", "{out}/m.pt"],
+                                     ["explain", "gradcam", "{image}", "--run", "{run}", "--out", "{out}"]])
+def test_a_folder_that_is_no_run_is_a_one_line_error(command: list[str], codes: dict, runner,
+                                                    tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    args = [a.format(run=tmp_path / "empty", image=codes["paths"][0], out=tmp_path / "out")
+            for a in command]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "empty' is not a run" in lines[0], result.output
+    assert "'cnncodes fit'" in lines[0] and "'cnncodes finetune'" in lines[0]
 
 
 def _cli(runner, args: list[str]):  # noqa: ANN202 - click's Result

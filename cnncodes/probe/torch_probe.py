@@ -34,7 +34,7 @@ from ..errors import CnnCodesError
 from ..nets.backbones import Backbone, load_backbone
 from ..nets.layers import _fx, check_pool
 from ..paths import FINETUNE_FILE
-from .model import FittedModel, load_model
+from .model import MODEL_FILE, FittedModel, load_model
 
 __all__ = ["RunNet", "SUPPORTED_STEPS", "describe", "dumps", "load_run_net", "probe_head"]
 
@@ -267,6 +267,11 @@ def load_run_net(run: str | os.PathLike[str], *, trusted: tuple[str, ...] = ()) 
     folder = Path(run)
     if (folder / FINETUNE_FILE).is_file():
         return _finetuned(folder)
+    if folder.is_dir() and not (folder / MODEL_FILE).is_file():
+        raise CnnCodesError(
+            f"{str(folder)!r} is not a run: it holds neither {MODEL_FILE} ('cnncodes fit') nor "
+            f"{FINETUNE_FILE} ('cnncodes finetune'); give a run folder one of them wrote."
+        )
     return _fitted(load_model(folder, trusted=trusted))
 
 
