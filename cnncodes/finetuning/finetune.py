@@ -167,8 +167,8 @@ class FinetuneConfig:
         schedule: ``cosine`` (warm-up then cosine decay), ``onecycle`` or ``constant``.
         augment: random resized crop + horizontal flip for training images; None: on for
             strategy 4, off for 3 (whose head then trains on the frozen body's codes of
-            the images as they are predicted, computed once; crops cost strategy 3 a point
-            of test accuracy on Fashion-MNIST, bench/results/compare_strategy3.md).
+            the images as they are predicted, computed once; crops cost strategy 3 1.2-1.5
+            points of test accuracy on Fashion-MNIST, bench/results/compare_strategy3.md).
         patience: stop after this many epochs without a better val score (0: never).
         scoring: what the best epoch maximises on val: ``accuracy``, ``balanced_accuracy``
             or ``macro_f1`` (:mod:`cnncodes.scoring`); ties go to the lower val loss.
