@@ -141,6 +141,11 @@ def test_unlabeled_manifest_is_refused(tmp_path: Path) -> None:
         advise(source=str(manifest), progress=False)
 
 
+def test_decision_needs_a_measured_layer() -> None:
+    with pytest.raises(CnnCodesError, match="penultimate code's probe accuracy"):
+        decide(Evidence(images_per_class=50, cv_accuracy={}))
+
+
 @pytest.mark.parametrize(("option", "value"), [("sample", 5), ("folds", 1),
                                                ("min_confidence", 2.0), ("margin", -0.1)])
 def test_bad_options(option: str, value: float) -> None:

@@ -157,6 +157,8 @@ class Advice:
         reasons: the decision step by step, one line each.
         store_path: the code store of the sample (``cnncodes fit`` reads it as it is).
         seconds: wall time of the whole advice.
+        counts: labelled training images per class name (what ``images_per_class`` is
+            the median of).
     """
 
     strategy: int
@@ -185,6 +187,9 @@ def decide(evidence: Evidence, *, large_per_class: int = 1000, min_confidence: f
     trains a new head on the frozen body when similar (3) and fine-tunes the top layers
     with it when different (4).
     """
+    if not evidence.cv_accuracy:
+        raise CnnCodesError("Evidence.cv_accuracy needs the penultimate code's probe accuracy "
+                            "(first) and those of any earlier layers; got none.")
     reasons: list[str] = []
     large = evidence.images_per_class >= large_per_class
     reasons.append(
