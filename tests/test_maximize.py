@@ -163,3 +163,20 @@ def test_mistakes_are_one_line_errors_with_exit_code_2(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(message, lines[0]), result.output
     assert result.stdout == ""
+
+
+def test_maximize_takes_a_run_and_its_class_names(tiny_folder: Path, runner,
+                                                   tmp_path: Path) -> None:
+    from cnncodes import finetune
+
+    run = finetune(source=str(tiny_folder), strategy=3, model="resnet18", weights="none",
+                   epochs=1, batch_size=4, out=str(tmp_path / "run"), progress=False).run_dir
+    # Random weights are not shift-invariant at all: jittered steps did not carry over to the
+    # unshifted image (the logit fell, -0.36 -> -0.62); without jitter it rose to 1.74.
+    result = runner.invoke(main, ["explain", "maximize", "--run", str(run), "--class", "dogs",
+                                  "--steps", "8", "--size", "64", "--jitter", "0", "-q",
+                                  "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(result.stdout.split()[1])
+    assert list(table["label"]) == ["dogs (1)"] and list(table["unit"]) == [1]
+    assert float(table["final"].iloc[0]) > float(table["start"].iloc[0]) + 1
