@@ -180,3 +180,12 @@ def test_maximize_takes_a_run_and_its_class_names(tiny_folder: Path, runner,
     table = pd.read_csv(result.stdout.split()[1])
     assert list(table["label"]) == ["dogs (1)"] and list(table["unit"]) == [1]
     assert float(table["final"].iloc[0]) > float(table["start"].iloc[0]) + 1
+
+
+def test_channels_of_the_logits_layer_are_labelled_with_class_names(runner,
+                                                                     tmp_path: Path) -> None:
+    result = runner.invoke(main, ["explain", "maximize", "--layer", "-1", "--channels", "309",
+                                  "--steps", "2", "--size", "64", "-q", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(result.stdout.split()[1])
+    assert list(table["label"]) == ["bee (309)"] and list(table["layer"]) == ["classifier"]

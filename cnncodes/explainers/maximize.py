@@ -113,15 +113,17 @@ class DreamResult:
 # --- layers, channels and the network input ---------------------------------------------------
 
 
-def layer_tap(backbone: Backbone, layer: int | str) -> tuple[str, nn.Module]:
+def layer_tap(backbone: Backbone, layer: int | str,
+              names: Sequence[str] | None = None) -> tuple[str, nn.Module]:
     """The resolved node name and a module mapping an input batch to that node's output.
 
     The traced graph stops at the node, so an early layer costs only the layers before it.
+    ``names`` is :func:`node_names` of the backbone when the caller already traced it.
 
     Raises:
         CnnCodesError: unknown layer name or index out of range.
     """
-    name = resolve_layer(backbone, layer, node_names(backbone))
+    name = resolve_layer(backbone, layer, node_names(backbone) if names is None else names)
     body = _fx(backbone).create_feature_extractor(backbone.model, return_nodes={name: "out"})
     body = body.eval()
     for parameter in body.parameters():
@@ -451,7 +453,8 @@ def _units(backbone: Backbone, config: MaximizeConfig) -> tuple[str, list[int], 
         layer: int | str = -1
     else:
         layer = config.layer if config.layer is not None else last_spatial_layer(backbone)
-    name, tap = layer_tap(backbone, layer)
+    names = node_names(backbone)
+    name, tap = layer_tap(backbone, layer, names)
     size = config.size or backbone.input_size
     with torch.inference_mode():
         width = int(unit_means(tap(torch.zeros(1, 3, size, size))).shape[1])
@@ -461,11 +464,12 @@ def _units(backbone: Backbone, config: MaximizeConfig) -> tuple[str, list[int], 
         for text in config.classes:  # in order, a class named twice drawn once
             index = resolve_target(text, logits, backbone.categories)
             units += [] if index in units else [index]
-        cats = backbone.categories
-        labels = [f"{cats[u]} ({u})" if u < len(cats) else f"class {u}" for u in units]
-        return name, units, labels
-    units = parse_channels(config.channels or "0-7", width, name, backbone.name)
-    return name, units, [f"channel {u}" for u in units]
+    else:
+        units = parse_channels(config.channels or "0-7", width, name, backbone.name)
+    cats = backbone.categories
+    if name == names[-1] and len(cats) == width:  # the logits: channels are classes
+        return name, units, [f"{cats[u]} ({u})" for u in units]
+    return name, units, [f"channel {u}" if name != names[-1] else f"class {u}" for u in units]
 
 
 def maximize(config: MaximizeConfig | None = None, /, **options: object) -> list[Path]:
@@ -489,7 +493,7 @@ def maximize(config: MaximizeConfig | None = None, /, **options: object) -> list
     stem = f"{safe_name(backbone.name)}-maximize-{what}"
     png, table = out / f"{stem}.png", out / f"{stem}.csv"
     _write_table(result, table)
-    unit = "logit" if config.classes else "mean activation"
+    unit = "mean activation" if result.labels[0].startswith("channel ") else "logit"
     plot_maximized(
         result, png, title=f"{backbone.name}, layer {name!r}: images maximising each {unit}\n"
         f"{config.steps} Adam steps, lr {config.lr}, jitter {config.jitter} px, seed "
