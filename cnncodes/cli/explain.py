@@ -126,7 +126,8 @@ def _optimisation_options(function: F) -> F:
     """Seed, jitter, size and quietness: shared by ``maximize`` and ``dream``."""
     for option in reversed([
         click.option("--seed", default=0, show_default=True, type=int,
-                     help="Seeds the starting noise and the jitter: same seed, same images."),
+                     help="Seeds the random shifts (and maximize's starting noise): same seed, "
+                     "same images."),
         click.option("--jitter", default=None, type=click.IntRange(min=0),
                      help="Largest random shift per step in pixels (0: none) [default: 8 for "
                      "maximize, 16 for dream]."),
