@@ -26,18 +26,20 @@ SCORINGS = ("accuracy", "balanced_accuracy", "macro_f1")
 CLASS_WEIGHTS = ("none", "balanced")
 
 
+def _check(option: str, value: str, allowed: Sequence[str], hint: str = "") -> str:
+    if value not in allowed:
+        raise CnnCodesError(f"{option} {value!r} is not one of {', '.join(allowed)}{hint}.")
+    return value
+
+
 def check_scoring(scoring: str) -> str:
     """``scoring`` if it is one of :data:`SCORINGS`.
 
     Raises:
         CnnCodesError: any other value.
     """
-    if scoring not in SCORINGS:
-        raise CnnCodesError(
-            f"--scoring {scoring!r} is not one of {', '.join(SCORINGS)}; e.g. --scoring "
-            "balanced_accuracy for imbalanced classes."
-        )
-    return scoring
+    return _check("--scoring", scoring, SCORINGS,
+                  "; e.g. --scoring balanced_accuracy for imbalanced classes")
 
 
 def check_class_weight(class_weight: str) -> str:
@@ -46,11 +48,7 @@ def check_class_weight(class_weight: str) -> str:
     Raises:
         CnnCodesError: any other value.
     """
-    if class_weight not in CLASS_WEIGHTS:
-        raise CnnCodesError(
-            f"--class-weight {class_weight!r} is not one of {', '.join(CLASS_WEIGHTS)}."
-        )
-    return class_weight
+    return _check("--class-weight", class_weight, CLASS_WEIGHTS)
 
 
 def score(scoring: str, y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,

@@ -6,13 +6,13 @@ from typing import Any
 
 import click
 
-from ..scoring import CLASS_WEIGHTS, SCORINGS
 from .options import (
     TABLE_FORMATS,
     check_out,
     device_option,
     head_option,
     model_option,
+    selection_options,
     unfreeze_option,
     validation_options,
     weights_option,
@@ -47,11 +47,10 @@ from .options import (
               "4; off for 3, whose head then trains on the frozen codes, computed once).")
 @click.option("--patience", default=3, show_default=True,
               help="Early stopping: epochs without a better val score (0: off).")
-@click.option("--scoring", type=click.Choice(SCORINGS), default="accuracy", show_default=True,
-              help="What the best epoch (and early stopping) maximises on val.")
-@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none",
-              show_default=True,
-              help="balanced: cross-entropy weighted by n/(classes*count), for imbalanced data.")
+@selection_options(
+    "What the best epoch (and early stopping) maximises on val.",
+    "balanced: cross-entropy weighted by n/(classes*count), for imbalanced data.",
+)
 @click.option("--progressive", is_flag=True, help="Strategy 4: unfreeze one layer group per epoch.")
 @click.option("--sizes", "sizes_text", metavar="S1,S2,...",
               help="Progressive resizing: train at these image sizes in turn, ascending, e.g. "

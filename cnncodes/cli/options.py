@@ -99,3 +99,20 @@ def validation_options(chosen: str) -> Callable[[F], F]:
 
     return decorate
 
+
+def selection_options(scoring_help: str, class_weight_help: str) -> Callable[[F], F]:
+    """``--scoring`` and ``--class-weight``: what selection maximises, and class weights."""
+    from ..scoring import CLASS_WEIGHTS, SCORINGS
+
+    def decorate(function: F) -> F:
+        function = click.option(
+            "--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none",
+            show_default=True, help=class_weight_help,
+        )(function)
+        return click.option(
+            "--scoring", type=click.Choice(SCORINGS), default="accuracy", show_default=True,
+            help=scoring_help,
+        )(function)
+
+    return decorate
+

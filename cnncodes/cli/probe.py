@@ -7,11 +7,11 @@ from typing import Any
 import click
 
 from ..errors import CnnCodesError
-from ..scoring import CLASS_WEIGHTS, SCORINGS
 from .options import (
     TABLE_FORMATS,
     check_out,
     device_option,
+    selection_options,
 )
 
 
@@ -29,11 +29,10 @@ from .options import (
 @click.option("--refit-on", type=click.Choice(["train", "train+val"]), default="train",
               show_default=True, help="Rows the final model is fitted on after selection.")
 @click.option("--seed", default=0, show_default=True, help="Random state of folds and estimators.")
-@click.option("--scoring", type=click.Choice(SCORINGS), default="accuracy", show_default=True,
-              help="What the search maximises on val or the CV folds.")
-@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none",
-              show_default=True,
-              help="balanced: class_weight='balanced' (logreg, rbf_svm), for imbalanced data.")
+@selection_options(
+    "What the search maximises on val or the CV folds.",
+    "balanced: class_weight='balanced' (logreg, rbf_svm), for imbalanced data.",
+)
 @click.option("--device", default=None,
               help="Where torch_logreg and linear_svm fit: auto (CUDA when present), cpu, cuda, "
               "cuda:N  [default: auto].")

@@ -6,7 +6,6 @@ from typing import Any
 
 import click
 
-from ..scoring import CLASS_WEIGHTS, SCORINGS
 from .options import (
     TABLE_FORMATS,
     check_out,
@@ -14,6 +13,7 @@ from .options import (
     head_option,
     model_option,
     pool_option,
+    selection_options,
     unfreeze_option,
     validation_options,
     weights_option,
@@ -36,13 +36,12 @@ from .options import (
               "whose head then trains on the frozen codes as 1 does; on for 4).")
 @click.option("--patience", default=3, show_default=True,
               help="Early stopping of 3 and 4: epochs without a better val score (0: off).")
-@click.option("--scoring", type=click.Choice(SCORINGS), default="accuracy", show_default=True,
-              help="What every selection maximises on val: C of 1-2, the layer of 2, the "
-              "best epoch of 3-4.")
-@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none",
-              show_default=True,
-              help="balanced: weigh classes by n/(classes*count) in every strategy's loss "
-              "(sklearn class_weight, weighted cross-entropy); for imbalanced data.")
+@selection_options(
+    "What every selection maximises on val: C of 1-2, the layer of 2, the "
+    "best epoch of 3-4.",
+    "balanced: weigh classes by n/(classes*count) in every strategy's loss "
+    "(sklearn class_weight, weighted cross-entropy); for imbalanced data.",
+)
 @unfreeze_option
 @head_option
 @click.option("--batch-size", "-b", default=32, show_default=True, help="Images per training step.")

@@ -805,7 +805,31 @@ def _open_tars(path: str, require_labels: bool) -> ImageSource:
     return source
 
 
-class ImageDataset(torch.utils.data.Dataset):
+class ThreadedDecoding:
+    """Decoding a batch's jobs on ``threads`` threads, a pool started on first use and
+    never sent to a DataLoader worker process."""
+
+    threads: int = 1
+    _pool: ThreadPoolExecutor | None = None
+
+    def _map(self, function: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+        if self.threads <= 1 or len(jobs) <= 1:
+            return [function(job) for job in jobs]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cnncodes-decode")
+        return list(self._pool.map(function, jobs))
+
+    def close(self) -> None:
+        """Stop the decoding threads, if any were started."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __getstate__(self) -> dict[str, Any]:  # sent to DataLoader workers: no thread pool
+        return {**self.__dict__, "_pool": None}
+
+
+class ImageDataset(ThreadedDecoding, torch.utils.data.Dataset):
     """Decodes and transforms items; a failure returns its reason instead of raising.
 
     Each element is ``(position, tensor or None, reason)`` where ``position`` indexes the
@@ -818,7 +842,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.positions = list(positions)
         self.transform = transform
         self.threads = threads
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool = None
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -837,20 +861,7 @@ class ImageDataset(torch.utils.data.Dataset):
         process between two forward passes uses every core, as the forward pass does,
         instead of one. The items come back in ``indices`` order.
         """
-        if self.threads <= 1 or len(indices) <= 1:
-            return [self[i] for i in indices]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cnncodes-decode")
-        return list(self._pool.map(self.__getitem__, indices))
-
-    def close(self) -> None:
-        """Stop the decoding threads, if any were started."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def __getstate__(self) -> dict[str, Any]:  # sent to DataLoader workers: no thread pool
-        return {**self.__dict__, "_pool": None}
+        return self._map(self.__getitem__, indices)
 
 
 def collate_items(batch: list[tuple[int, torch.Tensor | None, str]]) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +31,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from ..data.preprocess import Preprocessing
-from ..data.sources import ImageSource, Item
+from ..data.sources import ImageSource, Item, ThreadedDecoding
 from ..errors import CnnCodesError
 
 __all__ = ["AUGMENT_RATIO", "AUGMENT_SCALE", "VIEW_POLICIES", "ViewDataset", "ViewPlan",
@@ -155,7 +154,7 @@ class _Views:
         return torch.from_numpy(np.array(crop.convert("RGB"), dtype=np.uint8, copy=True))
 
 
-class ViewDataset(torch.utils.data.Dataset):
+class ViewDataset(ThreadedDecoding, torch.utils.data.Dataset):
     """:class:`~cnncodes.data.sources.ImageDataset` over rows (image x view): element
     ``(row, tensor or None, reason)``; a batch decodes each image once for all its views."""
 
@@ -163,7 +162,7 @@ class ViewDataset(torch.utils.data.Dataset):
                  views: np.ndarray, transform: _Views, threads: int = 1) -> None:
         self.source, self.rows, self.transform, self.threads = source, list(rows), transform, threads
         self.sources, self.views = sources, views
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -185,23 +184,9 @@ class ViewDataset(torch.utils.data.Dataset):
         by_image: dict[int, list[int]] = {}
         for i in indices:
             by_image.setdefault(int(self.sources[self.rows[i]]), []).append(self.rows[i])
-        jobs = list(by_image.items())
-        if self.threads > 1 and len(jobs) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cnncodes-views")
-            done = list(self._pool.map(lambda job: self._item_rows(*job), jobs))
-        else:
-            done = [self._item_rows(*job) for job in jobs]
+        done = self._map(lambda job: self._item_rows(*job), list(by_image.items()))
         made = {entry[0]: entry for entries in done for entry in entries}
         return [made[self.rows[i]] for i in indices]
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def __getstate__(self) -> dict[str, Any]:  # sent to DataLoader workers: no thread pool
-        return {**self.__dict__, "_pool": None}
 
 
 def view_dataset(source: ImageSource, rows: Sequence[int], sources: np.ndarray,

@@ -81,32 +81,30 @@ DEFAULT_HEAD = {3: (), 4: (256,)}
 MIN_SIZE = 32  # the last feature map of a 1/32-resolution network stays one pixel or more
 
 
+def _int_list(text: str, option: str, what: str, example: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise CnnCodesError(
+            f"{option} {text!r} is not a comma-separated list of {what}; give e.g. {example}."
+        ) from None
+
+
 def parse_head(text: str | None) -> tuple[int, ...] | None:
     """``"512,256"`` -> ``(512, 256)``; ``""``/``"none"`` -> ``()``; ``None`` -> ``None``."""
     if text is None:
         return None
     if text.strip().lower() in ("", "none", "linear"):
         return ()
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise CnnCodesError(
-            f"--head {text!r} is not a comma-separated list of layer sizes; give e.g. "
-            "--head 512,256 (or --head none for a single linear layer)."
-        ) from None
+    return _int_list(text, "--head", "layer sizes",
+                     "--head 512,256 (or --head none for a single linear layer)")
 
 
 def parse_sizes(text: str | None) -> tuple[int, ...] | None:
     """``"128,160,224"`` -> ``(128, 160, 224)``; ``None`` or ``""`` -> ``None`` (one size)."""
     if text is None or not text.strip():
         return None
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise CnnCodesError(
-            f"--sizes {text!r} is not a comma-separated list of image sizes in pixels; give "
-            "e.g. --sizes 128,160,224."
-        ) from None
+    return _int_list(text, "--sizes", "image sizes in pixels", "--sizes 128,160,224")
 
 
 def stage_epochs(sizes: tuple[int, ...], epochs: int) -> list[int]:
