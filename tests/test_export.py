@@ -210,3 +210,30 @@ def test_predictor_refuses_what_is_not_an_image(hymenoptera_fit_run: Path, tmp_p
     broken.write_text("not a picture")
     with pytest.raises(CnnCodesError, match=r"cats_0\.jpg' cannot be read"):
         predictor.predict(broken)
+
+
+def test_predictor_decodes_pil_images_as_files_are_decoded(
+        codes: dict, hymenoptera_fit_run: Path, runner, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transparency, 16-bit pixels and a 6:1 panorama: a PIL image handed to the predictor
+    gives what ``cnncodes predict`` gives for the same file (white background, 8-bit
+    scaling, the aspect cap), not what PIL's own convert("RGB") would give."""
+    photo = Image.open(codes["paths"][0]).convert("RGB").resize((300, 200))
+    folder = tmp_path / "odd" / "ants"
+    folder.mkdir(parents=True)
+    rgba = photo.convert("RGBA")
+    alpha = np.full((200, 300), 255, dtype=np.uint8)
+    alpha[:, :150] = 0  # left half transparent: black under convert("RGB"), white as decoded
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(folder / "a_transparent.png")
+    grey16 = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(grey16).save(folder / "b_grey16.png")
+    photo.resize((1200, 200)).save(folder / "c_panorama.png")
+    monkeypatch.chdir(tmp_path)
+    printed = _cli(runner, ["predict", str(hymenoptera_fit_run), "odd", "--quiet"]).stdout
+    expected = pd.read_csv(io.StringIO(printed)).sort_values("path").reset_index(drop=True)
+    pil = [Image.open(tmp_path / "odd" / p) for p in expected["path"]]
+    assert [image.mode for image in pil] == ["RGBA", "I;16", "RGB"]
+    got = load_predictor(hymenoptera_fit_run).predict(pil)
+    np.testing.assert_allclose(got[["proba_ants", "proba_bees"]], expected[["proba_ants", "proba_bees"]],
+                               atol=TOLERANCE)

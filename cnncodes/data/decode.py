@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = [
+    "as_decoded",
     "DECODING", "decoder_name", "MAX_ASPECT", "MAX_PIXELS", "UnusableFile", "decode_image", "display_path",
     "first_line",
 ]
@@ -105,7 +106,7 @@ def decode_image(path: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_
             with contextlib.suppress(Exception):  # a damaged EXIF block costs the orientation
                 ImageOps.exif_transpose(image, in_place=True)
             decoded = image
-        rgb = _to_rgb(_crop_aspect(decoded))
+        rgb = as_decoded(decoded)
     factor = min(rgb.size) // DRAFT_MIN_SIDE
     return rgb.reduce(factor) if factor >= 2 else rgb
 
@@ -182,6 +183,13 @@ def _crop_aspect(image: Image.Image) -> Image.Image:
         return image
     with _pil_limit_lifted():
         return image.crop(box)
+
+
+def as_decoded(image: Image.Image) -> Image.Image:
+    """What :func:`decode_image` makes of an image once read: a side longer than
+    ``MAX_ASPECT`` times the other centre-cropped, 16-bit and float pixels scaled to 8
+    bits, transparent pixels (alpha, palette or colour key) composited on white, RGB."""
+    return _to_rgb(_crop_aspect(image))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

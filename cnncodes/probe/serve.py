@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..data.decode import decode_image, first_line
+from ..data.decode import as_decoded, decode_image, first_line
 from ..errors import CnnCodesError
 from ..runtime import resolve_device
 from .torch_probe import RunNet, load_run_net
@@ -147,16 +147,4 @@ def _rgb(image: ImageLike) -> Image.Image:
         raise CnnCodesError(
             f"Cannot predict a {type(image).__name__}; give PIL images, uint8 arrays or paths."
         )
-    return _on_white(image)
-
-
-def _on_white(image: Image.Image) -> Image.Image:
-    """RGB, transparent pixels composited on white (as files are decoded)."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA", "P"):
-        rgba = image.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
-    return image.convert("RGB")
+    return as_decoded(image)
