@@ -215,9 +215,10 @@ def test_compare_on_a_folder_without_splits_carves_from_all_and_has_no_test(
         "source has no train/val/test split); every strategy is chosen on them",
         "no test split, so no test accuracy",
         "selection maximises val accuracy; accuracies with n and a 95 % Wilson interval; "
-        "vs_best: exact McNemar test against the best row on the same val images (differs: "
-        "p < 0.05; each row tested alone, no correction for the three tests); val also chose "
-        "every setting, so its scores are optimistic",
+        "vs_best: exact McNemar test of accuracy against the most accurate row on the same "
+        "val images (differs: p < 0.05; that row is picked on these images and each row is "
+        "tested alone, with no correction for the three tests); val also chose every "
+        "setting, so its scores are optimistic",
     ]
     for name, recorded in _recorded(result.out).items():
         assert recorded["paths"] == result.validation["paths"], name
@@ -429,3 +430,43 @@ def test_finetune_best_epoch_follows_scoring_and_weighs_classes(
         else:
             assert metrics.val_score.isna().all() and seen[0] is None
     assert best == {"accuracy": 3, "balanced_accuracy": 2}  # ties go to the earlier epoch
+
+
+def test_vs_best_tests_accuracy_against_the_most_accurate_row_on_the_same_images() -> None:
+    """With --scoring balanced_accuracy the row that scores best is not the most accurate;
+    McNemar tests accuracy, so its reference is the most accurate row (here the row that
+    always says 'a'), and a row predicted on other images is marked, never read as n.s."""
+    from cnncodes.studies.compare import _mark_best
+
+    labels = np.array(["a"] * 180 + ["b"] * 20)
+    always_a = labels.copy()
+    always_a[:] = "a"  # accuracy 0.90, balanced accuracy 0.50
+    balanced = labels.copy()
+    balanced[:40] = "b"  # 40 ants wrong, every bee right: accuracy 0.80, balanced 0.89
+    paths = [f"img{i}.png" for i in range(200)]
+
+    def row(name: str, predicted: np.ndarray, names: list[str]) -> dict:
+        frame = pd.DataFrame({"path": names, "split": "test", "label": labels,
+                              "predicted": predicted})
+        right = float((frame["label"] == frame["predicted"]).mean())
+        return {"strategy": name, "predictions": frame, "test_accuracy": right,
+                "test_balanced_accuracy": score("balanced_accuracy", labels, predicted)}
+
+    rows = [row("1", always_a, paths), row("3", balanced, paths),
+            row("4", always_a, [f"/elsewhere/{p}" for p in paths])]
+    assert rows[1]["test_balanced_accuracy"] > rows[0]["test_balanced_accuracy"]
+    _mark_best(rows, "test")
+    assert rows[0]["vs_best"] == "best"
+    # 40 ants only the first got right, 20 bees only the second: p = 0.013
+    assert rows[1]["vs_best"] == "differs"
+    assert rows[1]["p_vs_best"] == pytest.approx(binomtest(20, 60, 0.5).pvalue)
+    assert rows[2]["vs_best"] == "other images" and rows[2]["p_vs_best"] is None
+
+
+@pytest.mark.parametrize("clf", ["linear_svm", "knn"])
+def test_compare_refuses_class_weights_the_probe_cannot_take_before_any_work(
+        clf: str, tmp_path: Path) -> None:
+    """The refusal comes from the configuration, before a source is even opened."""
+    with pytest.raises(CnnCodesError, match=rf"--class-weight balanced needs .* of '{clf}' does not"):
+        compare(source=str(tmp_path / "not-there"), clf=clf, class_weight="balanced")
+

@@ -45,7 +45,7 @@ from ..scoring import check_class_weight, check_scoring
 from .model import PREDICTIONS_FILE, save_model
 from .search import SearchResult, fit_final, search_pipeline
 
-__all__ = ["FitConfig", "FitResult", "fit_pipeline", "load_pipeline_module", "default_runs_dir",
+__all__ = ["FitConfig", "FitResult", "check_class_weight_for", "fit_pipeline", "load_pipeline_module", "default_runs_dir",
            "REFIT_CHOICES"]
 
 REFIT_CHOICES = ("train", "train+val")
@@ -206,6 +206,29 @@ def _with_steps(pipeline: Pipeline, pca: int | None, l2norm: bool, seed: int) ->
     return Pipeline(steps)
 
 
+def _check_weighted(pipeline: Pipeline, clf: str, class_weight: str) -> None:
+    classifier = pipeline.steps[-1][1]
+    if "class_weight" not in classifier.get_params():
+        raise CnnCodesError(
+            f"--class-weight {class_weight} needs a classifier that takes class weights; "
+            f"{type(classifier).__name__} of {clf!r} does not. Use --clf logreg or rbf_svm, "
+            "or --class-weight none."
+        )
+
+
+def check_class_weight_for(clf: str, class_weight: str) -> None:
+    """Refuse ``class_weight`` other than ``none`` for a pipeline whose classifier takes
+    no class weights, before any work (``compare`` checks this ahead of extraction)."""
+    if class_weight == "none":
+        return
+    try:
+        pipeline = load_pipeline_module(clf).build()
+    except TypeError:  # a user's build() that needs its search parameters: fit checks it
+        return
+    if isinstance(pipeline, Pipeline):
+        _check_weighted(pipeline, clf, class_weight)
+
+
 def _build(module: ModuleType, config: FitConfig, params: dict[str, Any]) -> Pipeline:
     pipeline = module.build(**params)
     if not isinstance(pipeline, Pipeline):
@@ -214,13 +237,7 @@ def _build(module: ModuleType, config: FitConfig, params: dict[str, Any]) -> Pip
             "sklearn.pipeline.Pipeline; wrap the estimator with make_pipeline(...)."
         )
     if config.class_weight != "none":
-        classifier = pipeline.steps[-1][1]
-        if "class_weight" not in classifier.get_params():
-            raise CnnCodesError(
-                f"--class-weight {config.class_weight} needs a classifier that takes class "
-                f"weights; {type(classifier).__name__} of {config.clf!r} does not. Use --clf "
-                "logreg or rbf_svm, or --class-weight none."
-            )
+        _check_weighted(pipeline, config.clf, config.class_weight)
         pipeline.steps[-1][1].set_params(class_weight=config.class_weight)
     return _seeded(_with_steps(pipeline, config.pca, config.l2norm, config.seed), config.seed,
                    config.device)
@@ -400,7 +417,10 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
         search_rows = rows["train"]
         folds = cv_folds(y, store.groups, views, search_rows, config.cv, config.seed)
     space = _fit_space_to_folds(space, min(len(train) for train, _ in folds))
-    _log(config, f"{config.clf} on {layer} ({len(rows['train'])} x {dim}); selecting on "
+    n_images = int(np.sum(store.views[rows["train"]] == 0))
+    shape = (f"{len(rows['train'])} x {dim}" if n_images == len(rows["train"]) else
+             f"{len(rows['train'])} rows x {dim}: {n_images} images and their views")
+    _log(config, f"{config.clf} on {layer} ({shape}); selecting on "
          f"{'val' if selection == 'val' else f'{config.cv}-fold CV'} over "
          f"{int(np.prod([len(v) for v in space.values()])) if space else 1} candidates")
     found = search_pipeline(
@@ -418,7 +438,8 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
     fit_seconds = time.perf_counter() - started
 
     held_out = _held_out_predictions(final, X, y, rows, search_rows, found, config, selection)
-    metrics = _metrics(final, X, y, rows, fit_rows, held_out, found, config, selection, dim)
+    metrics = _metrics(final, X, y, rows, fit_rows, held_out, found, config, selection, dim,
+                       store.views)
     metrics["fit_seconds"] = round(fit_seconds, 3)
     metrics["search_seconds"] = round(found.seconds, 3)
     clf_name = Path(config.clf).stem if config.clf.endswith(".py") else config.clf
@@ -486,11 +507,16 @@ def _held_out_predictions(final: Pipeline, X: np.ndarray, y: np.ndarray,
 
 def _metrics(final: Pipeline, X: np.ndarray, y: np.ndarray, rows: dict[str, np.ndarray],
              fit_rows: np.ndarray, held_out: dict[str, tuple[np.ndarray, np.ndarray]],
-             found: SearchResult, config: FitConfig, selection: str, dim: int) -> dict[str, Any]:
-    train_rows = rows["train"]
+             found: SearchResult, config: FitConfig, selection: str, dim: int,
+             views: np.ndarray) -> dict[str, Any]:
+    """Every count and accuracy is of images: a view row (``extract --views``) is
+    training data, not an image (``n_train_rows`` counts the rows fitted on)."""
+    train_rows = rows["train"][views[rows["train"]] == 0]
     train_accuracy = float(np.mean(final.predict(X[train_rows]) == y[train_rows]))
-    metrics = held_out_metrics(y, rows, len(fit_rows), train_accuracy, held_out, found,
-                               config.cv, selection, dim)
+    metrics = held_out_metrics(y, rows, int(np.sum(views[fit_rows] == 0)), train_accuracy,
+                               held_out, found, config.cv, selection, dim)
+    if views[fit_rows].any():
+        metrics["n_train_rows"] = len(fit_rows)
     metrics["scoring"] = config.scoring  # what selection_score is
     if config.scoring != "accuracy" and "cv" in held_out:  # best_score is not an accuracy
         index, predicted = held_out["cv"]

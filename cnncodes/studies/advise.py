@@ -34,6 +34,7 @@ from ..data.store import CodeStore
 from ..errors import CnnCodesError
 from ..nets.backbones import DEFAULT_MODEL
 from ..progress import log
+from .significance import wilson_interval
 
 __all__ = ["STRATEGY_NAMES", "AdviseConfig", "Advice", "Evidence", "advise", "decide"]
 
@@ -295,7 +296,9 @@ def _probe_rows(store: CodeStore) -> np.ndarray:
 
 
 def _cv_accuracy(codes: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> float:
-    """Stratified k-fold accuracy of standardised codes + logistic regression, best C."""
+    """Stratified k-fold accuracy of standardised codes + logistic regression at the best
+    of :data:`PROBE_C` on the same folds: optimistic by that choice, alike for every layer,
+    so it ranks layers; its Wilson interval treats it as one measurement."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -369,22 +372,16 @@ def _measure(config: AdviseConfig, store_path: Path, layers: list[str]
         for layer in layers:
             codes = store.codes(layer)[rows]
             accuracy[layer] = _cv_accuracy(codes, labels, folds, config.seed)
-            low, high = _wilson(round(accuracy[layer] * len(rows)), len(rows))
+            low, high = wilson_interval(round(accuracy[layer] * len(rows)), len(rows))
             table.append({"layer": layer, "code_dim": codes.shape[1],
                           "cv_accuracy": accuracy[layer], "cv_95ci": f"{low:.3f}-{high:.3f}",
                           "n": len(rows), "folds": folds})
             _log(config, f"{layer} ({codes.shape[1]}-d): probe accuracy {accuracy[layer]:.3f} "
-                 f"({low:.3f}-{high:.3f}, n={len(rows)}, {folds}-fold CV)")
+                 f"({low:.3f}-{high:.3f}, n={len(rows)}, {folds}-fold CV, the best of "
+                 f"{len(PROBE_C)} C values on the same folds: optimistic alike for every layer)")
             if layer == layers[0]:
                 confidence = _imagenet_confidence(config, codes)
     return accuracy, confidence, pd.DataFrame(table), len(rows)
-
-
-def _wilson(correct: int, n: int) -> tuple[float, float]:
-    from scipy.stats import binomtest
-
-    interval = binomtest(int(correct), int(n)).proportion_ci(0.95, method="wilson")
-    return float(interval.low), float(interval.high)
 
 
 def _table(strategy: int, layer: str, evidence: Evidence, counts: dict[str, int],

@@ -11,7 +11,7 @@ images, drawn from the code store's training rows at run time and handed to ever
 strategy by path. The store and its cache key stay as they are.
 
 Every accuracy comes with its n and 95 % Wilson interval, and each row is tested against
-the best row with the exact McNemar test on the same images (test, or val when there is
+the most accurate row with the exact McNemar test on the same images (test, or val when there is
 no test split), from the per-image predictions every strategy writes. ``scoring`` chooses
 what every selection maximises (C, the layer of strategy 2, the best epoch of 3 and 4);
 ``class_weight="balanced"`` weighs the classes in every strategy's training loss.
@@ -39,6 +39,7 @@ from ..nets.backbones import DEFAULT_MODEL, load_backbone
 from ..nets.layers import node_names, resolve_layer
 from ..nets.surgery import install_head, layer_groups
 from ..paths import default_dir
+from ..probe.fit import check_class_weight_for
 from ..probe.model import PREDICTIONS_FILE
 from ..progress import log
 from ..scoring import check_class_weight, check_scoring, score
@@ -60,7 +61,7 @@ TABLE_COLUMNS = [
 ``scoring`` is not accuracy; the test columns go when there is no test split).
 ``epochs_budget``/``best_epoch``/``converged`` are for strategies 3 and 4 (``not
 converged``: the best epoch was the last one allowed); ``p_vs_best`` is the exact McNemar
-p-value against the best row on the scored split, ``vs_best`` reads it: ``best``,
+p-value against the most accurate row on the scored split, ``vs_best`` reads it: ``best``,
 ``differs`` (p < 0.05) or ``n.s.``."""
 # An earlier layer must sit at least this many nodes before the penultimate code; closer
 # ones (the last stage before global pooling) give the same codes again.
@@ -131,7 +132,7 @@ class CompareConfig:
         if self.layers is not None and not self.layers:
             raise CnnCodesError("layers must name at least one earlier layer, or be None.")
         check_scoring(self.scoring)
-        check_class_weight(self.class_weight)
+        check_class_weight_for(self.clf, check_class_weight(self.class_weight))
 
 
 @dataclass
@@ -235,9 +236,10 @@ def _notes(validation: dict[str, Any], has_test: bool, n_test: int,
     weights = "; classes weighted 'balanced'" if config.class_weight == "balanced" else ""
     significance = (
         f"selection maximises val {config.scoring}{weights}; accuracies with n and a 95 % "
-        f"Wilson interval; vs_best: exact McNemar test against the best row on the same "
-        f"{'test' if has_test else 'val'} images (differs: p < {ALPHA}; each row tested "
-        "alone, no correction for the three tests)")
+        f"Wilson interval; vs_best: exact McNemar test of accuracy against the most accurate "
+        f"row on the same {'test' if has_test else 'val'} images (differs: p < {ALPHA}; "
+        "that row is picked on these images and each row is tested alone, with no "
+        "correction for the three tests)")
     if not has_test:
         significance += "; val also chose every setting, so its scores are optimistic"
     return [chosen, test, significance]
@@ -370,10 +372,12 @@ def _accuracy_columns(row: dict[str, Any], config: CompareConfig, splits: list[s
             row[f"{split}_{config.scoring}"] = _split_score(config, predictions, split)
 
 
-def _mark_best(rows: list[dict[str, Any]], config: CompareConfig, split: str) -> None:
-    """``p_vs_best``/``vs_best``: the exact McNemar test of each row against the row with
-    the best ``scoring`` on ``split``, on the images both predicted."""
-    key = f"{split}_{config.scoring}"
+def _mark_best(rows: list[dict[str, Any]], split: str) -> None:
+    """``p_vs_best``/``vs_best``: the exact McNemar test of each row against the most
+    accurate row on ``split``, on the same images (McNemar tests accuracy, whatever
+    ``scoring`` selected on). A row whose images are not the best row's is marked, not
+    tested."""
+    key = f"{split}_accuracy"
     values = [float(row[key]) if row.get(key) is not None else -1.0 for row in rows]
     best = int(np.argmax(values))
     outcome = [row["predictions"][row["predictions"]["split"] == split]
@@ -383,7 +387,12 @@ def _mark_best(rows: list[dict[str, Any]], config: CompareConfig, split: str) ->
         if index == best:
             row.update(p_vs_best=None, vs_best="best")
             continue
-        shared = outcome[best].index.intersection(outcome[index].index)
+        if not (outcome[best].index.sort_values().equals(outcome[index].index.sort_values())):
+            log("compare", f"{row['strategy']}: its {split} predictions are not of the best "
+                "row's images, so it is not tested against it")
+            row.update(p_vs_best=None, vs_best="other images")
+            continue
+        shared = outcome[best].index
         _, _, p = mcnemar_exact(outcome[best].loc[shared].to_numpy(),
                                 outcome[index].loc[shared].to_numpy())
         row.update(p_vs_best=p, vs_best="differs" if p < ALPHA else "n.s.")
@@ -395,7 +404,7 @@ def _table(rows: list[dict[str, Any]], config: CompareConfig, has_test: bool) ->
     splits = ["val", "test"] if has_test else ["val"]
     for row in rows:
         _accuracy_columns(row, config, splits)
-    _mark_best(rows, config, splits[-1])
+    _mark_best(rows, splits[-1])
     columns = list(TABLE_COLUMNS)
     if not has_test:
         columns = [c for c in columns if "test" not in c]
