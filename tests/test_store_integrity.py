@@ -152,9 +152,10 @@ def test_label_outside_the_classes_is_refused(store: Path) -> None:
 
 @pytest.mark.parametrize("version, says", [
     (None, r"was written by an older cnncodes \(it has no format_version; this one reads "
-           r"version 2\)"),
-    (1, r"has format_version 1, from an older cnncodes \(this one reads 2\)"),
-    (3, r"has format_version 3, from a newer cnncodes \(this one reads 2\)"),
+           r"version 2, or 3 with views\)"),
+    (1, r"has format_version 1, from an older cnncodes \(this one reads 2, or 3 with views\)"),
+    (4, r"has format_version 4, from a newer cnncodes \(this one reads 2, or 3 with views\)"),
+    (3, r"is corrupted \(format_version 3 needs /view\)"),
 ])
 def test_other_format_versions_say_re_extract(store: Path, version, says, runner,
                                               tmp_path) -> None:

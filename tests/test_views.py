@@ -6,6 +6,7 @@ Real Lite0 codes of real hymenoptera photos, small subsets, stores read back wit
 from __future__ import annotations
 
 import json
+import shutil
 from io import StringIO
 from pathlib import Path
 
@@ -78,6 +79,20 @@ def test_views_are_rows_after_their_training_image(runner, photos: Path, views_s
     assert summary["split"] == {"train": 10, "val": 6}  # images, not rows
     text = runner.invoke(main, ["info", str(views_store)]).stdout
     assert "views: 2 per image" in text and "20 augmented rows of 16 images" in text
+
+
+def test_a_view_store_is_format_3_that_a_version_2_reader_refuses(views_store: Path,
+                                                                  tmp_path: Path) -> None:
+    """A cnncodes that reads only format 2 would take view rows for images; a view store
+    is format 3, and a store claiming 2 while holding /view is refused as corrupted."""
+    with h5py.File(views_store) as handle:
+        assert handle.attrs["format_version"] == 3
+    claims_two = tmp_path / "claims-two.h5"
+    shutil.copy(views_store, claims_two)
+    with h5py.File(claims_two, "r+") as handle:
+        handle.attrs["format_version"] = 2
+    with pytest.raises(CnnCodesError, match=r"corrupted \(format_version 2 cannot hold /view\)"):
+        CodeStore(claims_two)
 
 
 def test_a_view_depends_on_seed_image_and_view_only(photos: Path) -> None:

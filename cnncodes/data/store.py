@@ -15,7 +15,7 @@ Layout (readable with plain h5py)::
                          1.. = an augmented view of it (attribute ``views`` says how made)
     /skipped/path, /skipped/reason   utf-8 [K]: every image that was not encoded, and why
     /skipped/path_raw    bytes [K]: the exact file-name bytes of each skipped image
-    attributes           format_version (2), attributes_sha256, cnncodes_version, backbone,
+    attributes           format_version (2; 3 with views), attributes_sha256, cnncodes_version, backbone,
                          weights, weights_sha256, layer_specs, layers, pooling,
                          preprocessing, source, source_kind, source_fingerprint, store_key,
                          n_images, n_skipped, complete
@@ -55,12 +55,16 @@ import numpy as np
 from ..errors import CnnCodesError
 
 __all__ = ["CodeStore", "PartWriter", "assemble_store", "seal_store", "FORMAT_VERSION",
+           "VIEWS_FORMAT_VERSION",
            "STRING"]
 
 STRING = h5py.string_dtype(encoding="utf-8")
 ROWS_PER_CHUNK = 256
 STRINGS_PER_CHUNK = 4096
 FORMAT_VERSION = 2
+# A store with augmented views (/view, /source_index) is version 3: a cnncodes that reads
+# only version 2 refuses it instead of taking its view rows for images.
+VIEWS_FORMAT_VERSION = 3
 VERSION_ATTR = "format_version"
 DIGEST_ATTR = "attributes_sha256"
 SPLIT_VALUES = ("train", "val", "test", "")
@@ -157,7 +161,7 @@ def seal_store(handle: h5py.File) -> None:
     For tools and tests that write a code store themselves; call it last, with the file
     open for writing. Without it, an edited store is refused as corrupted.
     """
-    handle.attrs[VERSION_ATTR] = FORMAT_VERSION
+    handle.attrs[VERSION_ATTR] = VIEWS_FORMAT_VERSION if "view" in handle else FORMAT_VERSION
     handle.attrs[DIGEST_ATTR] = _digest(handle)
 
 
@@ -413,7 +417,7 @@ class CodeStore:
                 f"Code store {name!r} is incomplete; run the same 'cnncodes extract' "
                 "again to finish it."
             )
-        self._check_version(attrs.get(VERSION_ATTR))
+        self._check_version(attrs.get(VERSION_ATTR), has_views="view" in handle)
         try:
             self._check_layout()
             digest = _digest(handle)
@@ -429,28 +433,31 @@ class CodeStore:
                 f"no longer match {DIGEST_ATTR}); {_re_extract(self.path)}."
             )
 
-    def _check_version(self, version: Any) -> None:
+    def _check_version(self, version: Any, *, has_views: bool) -> None:
         name = str(self.path)
         redo = "re-extract with this cnncodes (delete it and run the same cnncodes extract)"
+        reads = f"{FORMAT_VERSION}, or {VIEWS_FORMAT_VERSION} with views"
         if version is None:
             raise CnnCodesError(
                 f"Code store {name!r} was written by an older cnncodes (it has no "
-                f"{VERSION_ATTR}; this one reads version {FORMAT_VERSION}); {redo}."
+                f"{VERSION_ATTR}; this one reads version {reads}); {redo}."
             )
         if not isinstance(version, (int, np.integer)) or isinstance(version, (bool, np.bool_)):
             raise CnnCodesError(
                 f"Code store {name!r} is corrupted ({VERSION_ATTR} is {version!r}, not a "
                 f"number); {redo}."
             )
-        if int(version) < FORMAT_VERSION:
+        if int(version) not in (FORMAT_VERSION, VIEWS_FORMAT_VERSION):
+            age = "an older" if int(version) < FORMAT_VERSION else "a newer"
             raise CnnCodesError(
-                f"Code store {name!r} has {VERSION_ATTR} {int(version)}, from an older "
-                f"cnncodes (this one reads {FORMAT_VERSION}); {redo}."
+                f"Code store {name!r} has {VERSION_ATTR} {int(version)}, from {age} "
+                f"cnncodes (this one reads {reads}); {redo}"
+                + (", or upgrade cnncodes." if age == "a newer" else ".")
             )
-        if int(version) > FORMAT_VERSION:
+        if (int(version) == VIEWS_FORMAT_VERSION) != has_views:
             raise CnnCodesError(
-                f"Code store {name!r} has {VERSION_ATTR} {int(version)}, from a newer "
-                f"cnncodes (this one reads {FORMAT_VERSION}); {redo}, or upgrade cnncodes."
+                f"Code store {name!r} is corrupted ({VERSION_ATTR} {int(version)} "
+                f"{'needs' if not has_views else 'cannot hold'} /view); {redo}."
             )
 
     def _check_layout(self) -> None:
