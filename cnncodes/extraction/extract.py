@@ -441,7 +441,7 @@ def _run(config: ExtractConfig, plan: _Plan, writer: PartWriter, todo: Sequence[
                               else plan.extractor)
     parts = _PartBuffer(writer, dims, todo)
     bar = Progress(
-        total=done + len(positions), initial=done, unit="img",
+        total=done + len(positions), initial=done, unit="img" if plan.rows is None else "row",
         enabled=config.progress and shard.rank == 0,
         desc=f"extract {plan.backbone.name}" + (f" ({shard.label})" if shard.distributed else ""),
     )
