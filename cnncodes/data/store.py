@@ -668,7 +668,8 @@ class CodeStore:
     def summary(self) -> dict[str, Any]:
         """What ``cnncodes info`` shows: provenance, layers, class and split counts, skips."""
         attrs, classes = self.attrs, self.classes
-        images = self.views == 0  # classes and splits count images, not their views
+        row_views = self.views
+        images = row_views == 0  # classes and splits count images, not their views
         labels = collections.Counter(self.labels[images].tolist())
         split = self.split
         split = split[images] if split is not None else None
@@ -688,7 +689,7 @@ class CodeStore:
         summary["split"] = dict(collections.Counter(split.tolist())) if split is not None else None
         views = self.view_settings
         if views is not None:
-            counts = np.bincount(np.minimum(self.views, 1), minlength=2)
+            counts = np.bincount(np.minimum(row_views, 1), minlength=2)
             views = {**views, "images": int(counts[0]), "augmented_rows": int(counts[1])}
         summary["views"] = views
         summary["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]

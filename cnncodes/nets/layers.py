@@ -237,7 +237,7 @@ def fold_batch_norms(graph_module: torch.fx.GraphModule) -> int:
             continue
         conv, norm = pair
         _fold_into(conv, norm)
-        _set_module(graph_module, str(node.target), _after_norm(norm))
+        graph_module.set_submodule(str(node.target), _after_norm(norm))
         count += 1
     graph_module.recompile()
     return count
@@ -286,8 +286,3 @@ def _after_norm(norm: nn.BatchNorm2d) -> nn.Module:
         assert isinstance(drop, nn.Module) and isinstance(act, nn.Module)
         return nn.Sequential(drop, act)
     return nn.Identity()
-
-
-def _set_module(root: nn.Module, target: str, module: nn.Module) -> None:
-    parent, _, name = target.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)

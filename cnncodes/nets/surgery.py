@@ -110,8 +110,7 @@ def install_head(
             layout.append(copy.deepcopy(module))  # ReLU, Dropout: nothing to learn
     new_parent = nn.Sequential(*children[:start], nn.Sequential(*layout))
     if parent_path:
-        grand_path, _, name = parent_path.rpartition(".")
-        setattr(model.get_submodule(grand_path) if grand_path else model, name, new_parent)
+        model.set_submodule(parent_path, new_parent)
         return f"{parent_path}.{start}"
     raise CnnCodesError("--replace-fc above 1 needs the classifier inside a sub-module.")
 

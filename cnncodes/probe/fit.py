@@ -417,7 +417,7 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
         search_rows = rows["train"]
         folds = cv_folds(y, store.groups, views, search_rows, config.cv, config.seed)
     space = _fit_space_to_folds(space, min(len(train) for train, _ in folds))
-    n_images = int(np.sum(store.views[rows["train"]] == 0))
+    n_images = int(np.sum(views[rows["train"]] == 0))
     shape = (f"{len(rows['train'])} x {dim}" if n_images == len(rows["train"]) else
              f"{len(rows['train'])} rows x {dim}: {n_images} images and their views")
     _log(config, f"{config.clf} on {layer} ({shape}); selecting on "
@@ -439,7 +439,7 @@ def _fit(store: CodeStore, config: FitConfig) -> FitResult:
 
     held_out = _held_out_predictions(final, X, y, rows, search_rows, found, config, selection)
     metrics = _metrics(final, X, y, rows, fit_rows, held_out, found, config, selection, dim,
-                       store.views)
+                       views)
     metrics["fit_seconds"] = round(fit_seconds, 3)
     metrics["search_seconds"] = round(found.seconds, 3)
     clf_name = Path(config.clf).stem if config.clf.endswith(".py") else config.clf

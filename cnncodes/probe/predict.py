@@ -148,15 +148,15 @@ def _predict_store(model: FittedModel, store: CodeStore, *,
     model_classes = model.classes
     known = [model_classes[int(i)] for i in pipeline.classes_]
     images = np.flatnonzero(store.views == 0)
+    scored = X if average_views else X[images]  # view rows only count when averaged in
     if hasattr(pipeline, "predict_proba"):
-        scores, prefix = (pipeline.predict_proba(X) if len(X) else np.zeros((0, len(known)))), "proba"
+        scores, prefix = (pipeline.predict_proba(scored) if len(scored) else np.zeros((0, len(known)))), "proba"
     else:
-        scores, prefix = (pipeline.decision_function(X) if len(X) else np.zeros((0, len(known)))), "score"
+        scores, prefix = (pipeline.decision_function(scored) if len(scored) else np.zeros((0, len(known)))), "score"
     if average_views:
         scores, chosen = _view_means(scores, store.groups, images)
     else:
-        scores = scores[images]
-        chosen = np.searchsorted(pipeline.classes_, pipeline.predict(X[images])) if len(X) else []
+        chosen = np.searchsorted(pipeline.classes_, pipeline.predict(scored)) if len(scored) else []
     store_classes = store.classes
     frame: dict[str, Any] = {
         "path": np.asarray(store.paths, dtype=object)[images].tolist(),
