@@ -283,6 +283,23 @@ def test_integrated_gradients_noise_baseline_follows_its_seed() -> None:
         ig_baseline(backbone, x, "grey")
 
 
+def test_black_baseline_is_black_under_a_normalize_inside_a_compose() -> None:
+    """timm-style transforms keep mean and std in a Normalize step of a Compose; the black
+    baseline must be black after that normalisation, not the normalised mean colour."""
+    from dataclasses import replace
+
+    from torchvision import transforms
+
+    from cnncodes.explainers.explain import ig_baseline
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    backbone = replace(tiny_backbone(), transform=transforms.Compose(
+        [transforms.Resize(16), transforms.ToTensor(), transforms.Normalize(mean, std)]))
+    x = torch.randn(1, 3, 4, 4)
+    expected = (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    torch.testing.assert_close(ig_baseline(backbone, x, "black"), expected)
+
+
 def test_integrated_gradients_on_a_real_photo_add_up_and_weigh_the_insect(
     hymenoptera: Path, lite0: Backbone
 ) -> None:

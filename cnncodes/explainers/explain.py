@@ -50,6 +50,7 @@ __all__ = [
     "backbone_from_run",
     "explain",
     "first_conv_filters",
+    "input_normalisation",
     "gradcam",
     "ig_baseline",
     "integrated_gradients",
@@ -317,6 +318,17 @@ def gradcam(
     return Attribution(heat, index, score, probability, predicted, name)
 
 
+def input_normalisation(backbone: Backbone) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` as ``[1, 3, 1, 1]`` tensors: the weights' normalisation of [0, 1]
+    pixels (none, i.e. 0 and 1, when the transform names none)."""
+    from .figures import _normalisation
+
+    stats = _normalisation(backbone.transform) or ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    mean = torch.tensor(stats[0], dtype=torch.float32).reshape(1, 3, 1, 1)
+    std = torch.tensor(stats[1], dtype=torch.float32).reshape(1, 3, 1, 1)
+    return mean, std
+
+
 def ig_baseline(backbone: Backbone, image: torch.Tensor, baseline: str = "black",
                 seed: int = 0) -> torch.Tensor:
     """The integrated-gradients starting point for ``image`` (``[1, 3, H, W]``).
@@ -333,10 +345,7 @@ def ig_baseline(backbone: Backbone, image: torch.Tensor, baseline: str = "black"
         )
     if baseline == "mean":
         return torch.zeros_like(image)
-    mean = torch.tensor(getattr(backbone.transform, "mean", (0.0, 0.0, 0.0)),
-                        dtype=image.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(getattr(backbone.transform, "std", (1.0, 1.0, 1.0)),
-                       dtype=image.dtype).view(1, -1, 1, 1)
+    mean, std = (stat.to(image.dtype) for stat in input_normalisation(backbone))
     if baseline == "black":
         pixels = torch.zeros_like(image)
     else:

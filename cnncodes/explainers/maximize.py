@@ -44,6 +44,7 @@ from ..nets.backbones import DEFAULT_MODEL, Backbone, load_backbone
 from ..nets.layers import _fx, node_names, resolve_layer
 from ..paths import default_dir, safe_name
 from ..progress import Progress, log
+from .explain import input_normalisation
 
 __all__ = [
     "DreamConfig",
@@ -52,7 +53,6 @@ __all__ = [
     "MaximizeResult",
     "deep_dream",
     "dream",
-    "input_normalisation",
     "layer_tap",
     "maximize",
     "maximize_activation",
@@ -183,17 +183,6 @@ def parse_channels(text: str, count: int, layer: str, model: str = "") -> list[i
             )
         chosen.extend(c for c in range(first, last + 1) if c not in chosen)
     return chosen
-
-
-def input_normalisation(backbone: Backbone) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, std)`` as ``[1, 3, 1, 1]`` tensors: the weights' normalisation of [0, 1]
-    pixels (none, i.e. 0 and 1, when the transform names none)."""
-    from .figures import _normalisation
-
-    stats = _normalisation(backbone.transform) or ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    mean = torch.tensor(stats[0], dtype=torch.float32).reshape(1, 3, 1, 1)
-    std = torch.tensor(stats[1], dtype=torch.float32).reshape(1, 3, 1, 1)
-    return mean, std
 
 
 # --- activation maximisation --------------------------------------------------------------------
