@@ -467,8 +467,8 @@ def finetune(config: FinetuneConfig | None = None, /, **options: Any) -> Finetun
     run_dir.mkdir(parents=True, exist_ok=True)
     images = _decode(config, built, generator)
     training = _train(config, built, plan, images, run_dir)
-    test_accuracy = _evaluate_best(built, plan, images, training.checkpoint)
-    scores = _write_predictions(built, plan, images, run_dir)
+    _load_best(built, plan, training.checkpoint)
+    scores, test_accuracy = _write_predictions(built, plan, images, run_dir)
     result = _result(config, built, plan, images, training, test_accuracy,
                      run_dir=run_dir, started=started)
     _save_run(config, built, plan, images, result, scores)
@@ -610,7 +610,7 @@ def _train(
     scaler = (torch.amp.GradScaler("cuda")
               if plan.amp and amp_dtype(plan.device) == torch.float16 else None)
     history: list[EpochRecord] = []
-    best: tuple[float, float] = (-1.0, float("inf"))
+    best: tuple[float, float] = (-1.0, -float("inf"))  # EpochRecord.rank of the best epoch
     best_epoch, waited = 0, 0
     checkpoint = run_dir / CHECKPOINT_FILE
     weights, val_labels = _class_weights(config, built, images), _labels(built, images, "val")
@@ -621,9 +621,8 @@ def _train(
                         class_weights=weights, val_labels=val_labels)
         history.append(record)
         write_metrics(run_dir / "metrics.csv", history)
-        chosen = record.val_accuracy if record.val_score is None else record.val_score
-        if (chosen, -record.val_loss) > (best[0], -best[1]):
-            best, best_epoch, waited = (chosen, record.val_loss), epoch, 0
+        if record.rank > best:
+            best, best_epoch, waited = record.rank, epoch, 0
             _save(built.model, checkpoint)
         else:
             waited += 1
@@ -695,38 +694,35 @@ def _epoch(
     )
 
 
-def _evaluate_best(built: _Built, plan: _Plan, images: _Images, checkpoint: Path) -> float | None:
-    """Load the best checkpoint, freeze the model; its test accuracy (None without test)."""
+def _load_best(built: _Built, plan: _Plan, checkpoint: Path) -> None:
+    """Load the best checkpoint into the model, frozen and in eval mode."""
     model = built.model
     model.load_state_dict(torch.load(checkpoint, map_location=plan.device, weights_only=True))
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     model.eval()
-    if not built.splits["test"]:
-        return None
-    _, test_accuracy, _ = evaluate(
-        model, images.loader("test", images.eval_transform, False), device=plan.device,
-        amp=plan.amp,
-    )
-    return test_accuracy
 
 
 def _write_predictions(built: _Built, plan: _Plan, images: _Images, run_dir: Path
-                       ) -> dict[str, float]:
+                       ) -> tuple[dict[str, float], float | None]:
     """The best model's predictions on val and test into ``predictions.csv`` (what
-    ``cnncodes report --per-class --confusion`` reads); per-class scores on test, else val."""
+    ``cnncodes report --per-class --confusion`` reads). Returns the per-class scores on
+    test, else val, and the test accuracy (None without test images)."""
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
     classes, items, rows = built.source.classes, built.source.items, []
+    test_accuracy = None
     for split in ("val", "test"):
         bank = images.banks.get(split)
         if bank is None or not images.splits.get(split):
             continue
         positions = [p for p in images.splits[split] if p in bank.images]
-        _, _, probabilities = evaluate(
+        _, accuracy, probabilities = evaluate(
             built.model, images.loader(split, images.eval_transform, False),
             device=plan.device, amp=plan.amp,
         )
+        if split == "test":
+            test_accuracy = accuracy
         predicted = probabilities.argmax(1).tolist() if len(positions) else []
         rows += [{"path": display_path(items[p].path), "split": split,
                   "label": classes[items[p].label], "predicted": classes[k]}
@@ -735,11 +731,11 @@ def _write_predictions(built: _Built, plan: _Plan, images: _Images, run_dir: Pat
     frame.to_csv(run_dir / PREDICTIONS_FILE, index=False)
     scored = frame[frame["split"] == ("test" if (frame["split"] == "test").any() else "val")]
     if scored.empty:
-        return {}
+        return {}, test_accuracy
     return {
         "mean_per_class_accuracy": float(balanced_accuracy_score(scored["label"], scored["predicted"])),
         "macro_f1": float(f1_score(scored["label"], scored["predicted"], average="macro")),
-    }
+    }, test_accuracy
 
 
 def _result(
@@ -780,9 +776,7 @@ def stage_records(epoch_sizes: list[int], history: list[EpochRecord]) -> list[di
         entry: dict[str, Any] = {"size": size, "epochs": epoch_sizes.count(size),
                                  "epochs_run": len(run)}
         if run:
-            best = max(run, key=lambda record: (
-                record.val_accuracy if record.val_score is None else record.val_score,
-                -record.val_loss))
+            best = max(run, key=lambda record: record.rank)
             if best.val_score is not None:
                 entry["val_score"] = best.val_score
             entry.update(first_epoch=run[0].epoch, last_epoch=run[-1].epoch,

@@ -69,6 +69,12 @@ class EpochRecord:
     size: int = 0  # the training images' side in pixels (progressive resizing: per stage)
     val_score: float | None = None  # the val score selection uses, when not accuracy
 
+    @property
+    def rank(self) -> tuple[float, float]:
+        """What the best epoch maximises: the val score (accuracy unless the run scores
+        otherwise), then the lower val loss."""
+        return (self.val_accuracy if self.val_score is None else self.val_score, -self.val_loss)
+
 
 class ImageBank:
     """Decodes each image once and keeps it, shorter side resized to ``side`` pixels.
