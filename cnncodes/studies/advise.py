@@ -270,12 +270,14 @@ def _sample_limit(config: AdviseConfig, source: ImageSource) -> int | None:
     return config.limit if max(per_split.values()) <= config.sample else config.sample
 
 
-def _extract_sample(config: AdviseConfig, limit: int | None) -> tuple[Any, list[str]]:
-    """One pass of the penultimate code and the earlier layers ``compare`` tries."""
+def _extract_sample(config: AdviseConfig, limit: int | None) -> tuple[Any, list[str], str]:
+    """One pass of the penultimate code and the earlier layers ``compare`` tries; also the
+    layer group strategy 4 trains from by default."""
     from ..extraction.extract import extract
-    from .compare import earlier_layers
+    from .compare import body_layout
 
-    candidates = list(config.layers) if config.layers else earlier_layers(config.model)
+    earlier, unfreeze_from = body_layout(config.model)
+    candidates = list(config.layers) if config.layers else earlier
     _log(config, f"codes of -2 and {', '.join(candidates)} for up to {limit or 'all'} images "
          "per split (cached when extracted before)")
     extracted = extract(
@@ -283,7 +285,7 @@ def _extract_sample(config: AdviseConfig, limit: int | None) -> tuple[Any, list[
         layers=("-2", *candidates), pool=config.pool, limit=limit, device=config.device,
         progress=config.progress,
     )
-    return extracted, list(extracted.layers)
+    return extracted, list(extracted.layers), unfreeze_from
 
 
 def _probe_rows(store: CodeStore) -> np.ndarray:
@@ -338,19 +340,6 @@ def _imagenet_confidence(config: AdviseConfig, codes: np.ndarray) -> float | Non
     with torch.no_grad():
         logits = classifier(torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32)))
         return float(torch.softmax(logits, dim=1).max(dim=1).values.mean())
-
-
-def _default_unfreeze(model: str) -> str:
-    """The first layer group strategy 4 trains by default (``finetune``'s choice)."""
-    from ..nets.backbones import load_backbone
-    from ..nets.layers import node_names
-    from ..nets.surgery import install_head, layer_groups
-
-    backbone = load_backbone(model, "none")
-    names = node_names(backbone)
-    head_path = install_head(backbone.model, 2)
-    body = layer_groups(backbone.model, head_path, names)[:-1]
-    return body[-2].name if len(body) >= 2 else (body[-1].name if body else "")
 
 
 def _measure(config: AdviseConfig, store_path: Path, layers: list[str]
@@ -421,11 +410,11 @@ def advise(config: AdviseConfig | None = None, /, **options: Any) -> Advice:
         raise TypeError("Pass either an AdviseConfig or keyword options, not both.")
     started = time.perf_counter()
     source, counts = _class_counts(config)
-    extracted, layers = _extract_sample(config, _sample_limit(config, source))
+    extracted, layers, unfreeze_from = _extract_sample(config, _sample_limit(config, source))
     accuracy, confidence, layer_table, probed = _measure(config, extracted.path, layers)
     evidence = Evidence(
         images_per_class=float(statistics.median(counts.values())), cv_accuracy=accuracy,
-        imagenet_confidence=confidence, unfreeze_from=_default_unfreeze(config.model),
+        imagenet_confidence=confidence, unfreeze_from=unfreeze_from,
     )
     strategy, layer, reasons = decide(
         evidence, large_per_class=config.large_per_class,

@@ -45,7 +45,7 @@ from ..progress import log
 from ..scoring import check_class_weight, check_scoring, score
 from .significance import ALPHA, mcnemar_exact, wilson_interval
 
-__all__ = ["COMPARE_FILE", "CompareConfig", "CompareResult", "compare", "earlier_layers",
+__all__ = ["COMPARE_FILE", "CompareConfig", "CompareResult", "body_layout", "compare", "earlier_layers",
            "validation_set"]
 
 COMPARE_FILE = "compare.json"
@@ -157,18 +157,27 @@ class CompareResult:
 
 def earlier_layers(model: str = DEFAULT_MODEL, weights: str = "none", *, count: int = 3) -> list[str]:
     """Node names of the outputs of the last ``count`` stages before the penultimate code."""
+    return body_layout(model, weights, count=count)[0]
+
+
+def body_layout(model: str = DEFAULT_MODEL, weights: str = "none", *, count: int = 3
+                ) -> tuple[list[str], str]:
+    """:func:`earlier_layers`, and the body group strategy 4 trains from by default (the
+    first of the last two, as :func:`~cnncodes.nets.surgery.unfrozen_groups` chooses; ""
+    for a model without body groups), from one load of the model."""
     backbone = load_backbone(model, weights)
     names = node_names(backbone)
     head_path = install_head(backbone.model, 2)
     penultimate = len(names) - 2
+    body = layer_groups(backbone.model, head_path, names)[:-1]
     chosen: list[str] = []
-    for group in reversed(layer_groups(backbone.model, head_path, names)[:-1]):
+    for group in reversed(body):
         node = resolve_layer(backbone, group.name, names)
         if names.index(node) <= penultimate - MIN_NODE_GAP and node not in chosen:
             chosen.append(node)
         if len(chosen) == count:
             break
-    return chosen
+    return chosen, body[-2:][0].name if body else ""
 
 
 def _log(config: CompareConfig, message: str) -> None:
