@@ -51,6 +51,7 @@ __all__ = [
     "explain",
     "first_conv_filters",
     "input_normalisation",
+    "traced_names",
     "gradcam",
     "ig_baseline",
     "integrated_gradients",
@@ -232,6 +233,14 @@ def _traces(backbone: Backbone) -> dict[Any, Any]:
     return _TRACES.setdefault(backbone.model, {})
 
 
+def traced_names(backbone: Backbone) -> list[str]:
+    """:func:`~cnncodes.nets.layers.node_names` of ``backbone``, traced once per model."""
+    cache = _traces(backbone)
+    if "names" not in cache:
+        cache["names"] = node_names(backbone)
+    return cache["names"]
+
+
 def last_spatial_layer(backbone: Backbone) -> str:
     """The last node whose output is a spatial map: the usual Grad-CAM layer."""
     cache = _traces(backbone)
@@ -248,10 +257,7 @@ def last_spatial_layer(backbone: Backbone) -> str:
 
 def _tap(backbone: Backbone, layer: int | str | None) -> tuple[str, nn.Module]:
     """The layer's node name and an FX module returning ``{"layer", "logits"}``."""
-    cache = _traces(backbone)
-    if "names" not in cache:
-        cache["names"] = node_names(backbone)
-    names = cache["names"]
+    cache, names = _traces(backbone), traced_names(backbone)
     name = last_spatial_layer(backbone) if layer is None else resolve_layer(backbone, layer, names)
     if ("tap", name) not in cache:
         # The logits node itself (a layer without a map, refused later) is asked for once.

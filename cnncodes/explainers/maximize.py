@@ -41,10 +41,10 @@ from torch import nn
 
 from ..errors import CnnCodesError
 from ..nets.backbones import DEFAULT_MODEL, Backbone, load_backbone
-from ..nets.layers import _fx, node_names, resolve_layer
+from ..nets.layers import _fx, resolve_layer
 from ..paths import default_dir, safe_name
 from ..progress import Progress, log
-from .explain import input_normalisation
+from .explain import _traces, input_normalisation, traced_names
 
 __all__ = [
     "DreamConfig",
@@ -113,22 +113,24 @@ class DreamResult:
 # --- layers, channels and the network input ---------------------------------------------------
 
 
-def layer_tap(backbone: Backbone, layer: int | str,
-              names: Sequence[str] | None = None) -> tuple[str, nn.Module]:
+def layer_tap(backbone: Backbone, layer: int | str) -> tuple[str, nn.Module]:
     """The resolved node name and a module mapping an input batch to that node's output.
 
-    The traced graph stops at the node, so an early layer costs only the layers before it.
-    ``names`` is :func:`node_names` of the backbone when the caller already traced it.
+    The traced graph stops at the node, so an early layer costs only the layers before it;
+    node names and taps are traced once per model (the explainers' trace cache).
 
     Raises:
         CnnCodesError: unknown layer name or index out of range.
     """
-    name = resolve_layer(backbone, layer, node_names(backbone) if names is None else names)
-    body = _fx(backbone).create_feature_extractor(backbone.model, return_nodes={name: "out"})
-    body = body.eval()
-    for parameter in body.parameters():
-        parameter.requires_grad_(False)
-    return name, _Output(body)
+    cache = _traces(backbone)
+    name = resolve_layer(backbone, layer, traced_names(backbone))
+    if ("output", name) not in cache:
+        body = _fx(backbone).create_feature_extractor(backbone.model, return_nodes={name: "out"})
+        body = body.eval()
+        for parameter in body.parameters():
+            parameter.requires_grad_(False)
+        cache["output", name] = _Output(body)
+    return name, cache["output", name]
 
 
 class _Output(nn.Module):
@@ -442,8 +444,8 @@ def _units(backbone: Backbone, config: MaximizeConfig) -> tuple[str, list[int], 
         layer: int | str = -1
     else:
         layer = config.layer if config.layer is not None else last_spatial_layer(backbone)
-    names = node_names(backbone)
-    name, tap = layer_tap(backbone, layer, names)
+    names = traced_names(backbone)
+    name, tap = layer_tap(backbone, layer)
     size = config.size or backbone.input_size
     with torch.inference_mode():
         width = int(unit_means(tap(torch.zeros(1, 3, size, size))).shape[1])
