@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import click
@@ -58,16 +60,23 @@ def explain_layer_option(function: F) -> F:
     )(function)
 
 
+def _echo_paths(run: Callable[[Any], list[Any]], config: Callable[..., Any],
+                options: dict[str, Any]) -> None:
+    """Run an explainer with ``config(**options)`` (the default model when none is given,
+    the output folder checked first) and print the paths it wrote, one per line."""
+    from ..nets.defaults import DEFAULT_MODEL
+
+    options["model"] = options.get("model") or DEFAULT_MODEL
+    check_out(options.get("out"), folder=True)
+    for path in run(config(**options)):
+        click.echo(str(path))
+
+
 def _explain(kind: str, images: tuple[str, ...], **options: Any) -> None:
     from ..explainers.explain import ExplainConfig
     from ..explainers.explain import explain as run_explain
-    from ..nets.defaults import DEFAULT_MODEL
 
-    if options.get("model") is None:
-        options["model"] = DEFAULT_MODEL
-    check_out(options.get("out"), folder=True)
-    for path in run_explain(ExplainConfig(kind=kind, images=images, **options)):
-        click.echo(str(path))
+    _echo_paths(run_explain, partial(ExplainConfig, kind=kind, images=images), options)
 
 
 @explain.command("saliency")
@@ -172,14 +181,11 @@ def explain_maximize(classes: tuple[str, ...], jitter: int | None, quiet: bool,
              cnncodes explain maximize --class 'tabby cat' --class bee
     """
     from ..explainers.maximize import MaximizeConfig, maximize
-    from ..nets.defaults import DEFAULT_MODEL
 
-    options["model"] = options.get("model") or DEFAULT_MODEL
-    check_out(options.get("out"), folder=True)
-    config = MaximizeConfig(classes=tuple(classes), jitter=8 if jitter is None else jitter,
-                            progress=not quiet, **options)
-    for path in maximize(config):
-        click.echo(str(path))
+    if jitter is not None:  # else MaximizeConfig's default
+        options["jitter"] = jitter
+    _echo_paths(maximize, partial(MaximizeConfig, classes=tuple(classes), progress=not quiet),
+                options)
 
 
 @explain.command("dream")
@@ -210,11 +216,7 @@ def explain_dream(image: str, jitter: int | None, quiet: bool, **options: Any) -
     after on stderr.
     """
     from ..explainers.maximize import DreamConfig, dream
-    from ..nets.defaults import DEFAULT_MODEL
 
-    options["model"] = options.get("model") or DEFAULT_MODEL
-    check_out(options.get("out"), folder=True)
-    config = DreamConfig(image=image, jitter=16 if jitter is None else jitter,
-                         progress=not quiet, **options)
-    for path in dream(config):
-        click.echo(str(path))
+    if jitter is not None:  # else DreamConfig's default
+        options["jitter"] = jitter
+    _echo_paths(dream, partial(DreamConfig, image=image, progress=not quiet), options)
