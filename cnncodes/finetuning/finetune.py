@@ -708,8 +708,6 @@ def _write_predictions(built: _Built, plan: _Plan, images: _Images, run_dir: Pat
     """The best model's predictions on val and test into ``predictions.csv`` (what
     ``cnncodes report --per-class --confusion`` reads). Returns the per-class scores on
     test, else val, and the test accuracy (None without test images)."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
     classes, items, rows = built.source.classes, built.source.items, []
     test_accuracy = None
     for split in ("val", "test"):
@@ -733,8 +731,8 @@ def _write_predictions(built: _Built, plan: _Plan, images: _Images, run_dir: Pat
     if scored.empty:
         return {}, test_accuracy
     return {
-        "mean_per_class_accuracy": float(balanced_accuracy_score(scored["label"], scored["predicted"])),
-        "macro_f1": float(f1_score(scored["label"], scored["predicted"], average="macro")),
+        "mean_per_class_accuracy": score("balanced_accuracy", scored["label"], scored["predicted"]),
+        "macro_f1": score("macro_f1", scored["label"], scored["predicted"]),
     }, test_accuracy
 
 

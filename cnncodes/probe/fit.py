@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
-from sklearn.metrics import balanced_accuracy_score, f1_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer
@@ -41,7 +40,7 @@ from ..data.store import CodeStore
 from ..errors import CnnCodesError
 from ..paths import default_runs_dir, safe_name
 from ..progress import log
-from ..scoring import check_class_weight, check_scoring
+from ..scoring import check_class_weight, check_scoring, score
 from .model import PREDICTIONS_FILE, save_model
 from .search import SearchResult, fit_final, search_pipeline
 
@@ -556,8 +555,8 @@ def held_out_metrics(y: np.ndarray, rows: dict[str, np.ndarray], n_train: int,
     }
     if eval_split is not None:
         index, predicted = held_out[eval_split]
-        metrics["mean_per_class_accuracy"] = round(float(balanced_accuracy_score(y[index], predicted)), 6)
-        metrics["macro_f1"] = round(float(f1_score(y[index], predicted, average="macro")), 6)
+        metrics["mean_per_class_accuracy"] = round(score("balanced_accuracy", y[index], predicted), 6)
+        metrics["macro_f1"] = round(score("macro_f1", y[index], predicted), 6)
     return metrics
 
 
